@@ -1,0 +1,132 @@
+"""Image preprocessing as the family was trained: timm's eval transform, with Pillow and numpy.
+
+timm `transforms_imagenet_eval`: resize the shorter side to floor(img_size / crop_pct) (aspect
+kept, long side truncated), centre crop img_size (offsets rounded), scale to [0, 1], normalise by
+mean/std, channels first. Inputs the runtime accepts (`to_batch`):
+  - a PIL image, a path to an image file, a uint8 array HxW / HxWxC (an image),
+  - a float array CxHxW or BxCxHxW (already preprocessed: passed through after checks),
+  - a list/tuple of images (a batch).
+Anything else raises InputError saying what was expected.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import InputError
+from .family import Preprocess
+
+_RESAMPLE = {
+    "bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS,
+}
+_CONVERTIBLE = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV",
+                "I;16", "I", "F"}
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: no such image file")
+    try:
+        with Image.open(p) as im:
+            im.load()  # decode now: a truncated file fails here, not later
+            return im.copy()
+    except UnidentifiedImageError:
+        raise InputError(f"{p}: not an image file Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(f"{p}: damaged or truncated image ({e})") from None
+    except Image.DecompressionBombError as e:
+        raise InputError(f"{p}: refused, image too large ({e})") from None
+
+
+def _to_mode(im: Image.Image, mode: str) -> Image.Image:
+    if im.mode == mode:
+        return im
+    if im.mode not in _CONVERTIBLE:
+        raise InputError(f"image mode '{im.mode}' is not supported; give an RGB or L image")
+    if im.mode in ("I;16", "I", "F"):  # 16/32-bit grey: scale to 8 bit before converting
+        a = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if im.mode == "I;16" else max(float(a.max()), 1.0)
+        im = Image.fromarray(np.clip(a / hi * 255.0, 0, 255).astype(np.uint8), "L")
+    elif im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))  # composite on white, like browsers
+        im = Image.alpha_composite(bg, im.convert("RGBA"))
+    return im.convert(mode)
+
+
+def preprocess_image(im: Image.Image, pre: Preprocess) -> np.ndarray:
+    """PIL image -> float32 [C, H, W] normalised model input."""
+    im = _to_mode(im, pre.channels)
+    w, h = im.size
+    if w < 1 or h < 1:
+        raise InputError(f"image of size {w}x{h} is empty")
+    scale = math.floor(pre.img_size / pre.crop_pct)
+    if w <= h:
+        size = (scale, int(scale * h / w))
+    else:
+        size = (int(scale * w / h), scale)
+    if size != (w, h):
+        im = im.resize(size, _RESAMPLE[pre.interpolation])
+    w, h = im.size
+    t = pre.img_size
+    if w < t or h < t:
+        raise InputError(f"image resized to {w}x{h} is smaller than the {t}px crop")
+    left, top = int(round((w - t) / 2.0)), int(round((h - t) / 2.0))
+    im = im.crop((left, top, left + t, top + t))
+    a = np.asarray(im, dtype=np.float32) / 255.0
+    if a.ndim == 2:
+        a = a[:, :, None]
+    a = (a - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+    return np.ascontiguousarray(a.transpose(2, 0, 1))
+
+
+def to_batch(x, pre: Preprocess) -> tuple[np.ndarray, bool]:
+    """Any accepted input -> (float32 [B, C, H, W], was_batched)."""
+    shape = (len(pre.mean), pre.img_size, pre.img_size)
+    if isinstance(x, (list, tuple)):
+        if not x:
+            raise InputError("empty batch")
+        return np.stack([_one(item, pre, shape) for item in x]), True
+    if isinstance(x, np.ndarray) and x.ndim == 4 and x.dtype.kind == "f":
+        _check_float(x[0] if len(x) else x, shape)
+        if not len(x):
+            raise InputError("empty batch")
+        if not np.isfinite(x).all():
+            raise InputError("input array holds NaN or infinite values")
+        return np.ascontiguousarray(x, dtype=np.float32), True
+    if isinstance(x, np.ndarray) and x.ndim == 4 and x.dtype == np.uint8:
+        return np.stack([_one(item, pre, shape) for item in x]), True
+    return _one(x, pre, shape)[None], False
+
+
+def _one(x, pre: Preprocess, shape: tuple) -> np.ndarray:
+    if isinstance(x, Image.Image):
+        return preprocess_image(x, pre)
+    if isinstance(x, (str, os.PathLike)):
+        return preprocess_image(load_image(x), pre)
+    if isinstance(x, np.ndarray):
+        if x.dtype == np.uint8 and (x.ndim == 2 or (x.ndim == 3 and x.shape[-1] in (1, 3, 4))):
+            arr = x[..., 0] if x.ndim == 3 and x.shape[-1] == 1 else x
+            return preprocess_image(Image.fromarray(arr), pre)
+        if x.dtype.kind == "f":
+            _check_float(x, shape)
+            if not np.isfinite(x).all():
+                raise InputError("input array holds NaN or infinite values")
+            return np.ascontiguousarray(x, dtype=np.float32)
+        raise InputError(
+            f"array of dtype {x.dtype} and shape {x.shape} is not an input: give a uint8 image "
+            f"(HxW or HxWxC) or a preprocessed float array of shape {shape} (or a batch of them)")
+    raise InputError(f"cannot use a {type(x).__name__} as an image: give a PIL image, a path, "
+                     "a numpy array, or a list of those")
+
+
+def _check_float(x: np.ndarray, shape: tuple) -> None:
+    if tuple(x.shape) != shape:
+        raise InputError(f"preprocessed input must have shape {shape} (CxHxW) or "
+                         f"(B, {', '.join(map(str, shape))}); got {tuple(x.shape)}")

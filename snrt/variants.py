@@ -1,0 +1,242 @@
+"""VariantSpace: every network a family can run, each resolved to a route of pieces.
+
+SN-Net's enumeration (`paired_stitching` + `get_stitch_configs` in its DeiT code): a window of
+`window` blocks slides with `stride` over the depth; every (j, k) pair of block indices inside a
+window is a stitching position (front blocks 0..j, a stitching layer, end blocks k..), and all
+positions first seen in the same window share one stitching layer. Variants are listed in SN-Net's
+order: the anchors, then each anchor pair's positions. For DeiT-Ti/S/B with window 2, stride 1 and
+nearest stitching that is 3 + 34 + 34 = 71 variants whose index is SN-Net's `cfg_id`.
+
+FLOPs follow fvcore's convention (one multiply-add = one FLOP; linear layers, convolutions,
+matmuls and LayerNorm (5 per element) counted; softmax, GELU, adds not counted). Parameter counts
+follow SN-Net's `get_model_size`: an anchor counts all its parameters; a stitched route counts the
+front patch embedding (not its class token or position embedding), the blocks it runs, the
+stitching layer, and the end anchor's head and final norm.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+from .errors import UnknownVariantError
+from .family import ViTConfig
+
+
+@dataclass(frozen=True)
+class Stitch:
+    """Leave anchor `front` after its block `front_block`, enter `end` at its block `end_block`."""
+
+    front: int
+    end: int
+    front_block: int
+    end_block: int
+    layer: int  # index of the shared stitching layer of this anchor pair
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One step of a route. kind: embed | block | stitch | head."""
+
+    kind: str
+    anchor: int  # for stitch: the front anchor
+    index: int = 0  # block index, or stitching layer id
+    end: int = -1  # stitch: end anchor
+    norm: bool = True  # head: apply the final LayerNorm (anchors do, stitched routes do not)
+
+
+@dataclass(frozen=True)
+class Route:
+    anchors: tuple[int, ...]
+    stitches: tuple[Stitch, ...] = ()
+
+    @property
+    def is_anchor(self) -> bool:
+        return not self.stitches
+
+    def pieces(self, depth: int) -> list[Piece]:
+        out = [Piece("embed", self.anchors[0])]
+        start = 0
+        for i, a in enumerate(self.anchors):
+            stop = self.stitches[i].front_block + 1 if i < len(self.stitches) else depth
+            out += [Piece("block", a, b) for b in range(start, stop)]
+            if i < len(self.stitches):
+                s = self.stitches[i]
+                out.append(Piece("stitch", s.front, s.layer, end=s.end))
+                start = s.end_block
+        out.append(Piece("head", self.anchors[-1], norm=self.is_anchor))
+        return out
+
+
+@dataclass
+class Variant:
+    index: int  # position in the space; equals SN-Net's cfg_id for SN-Net enumerations
+    id: str  # readable, stable: "ti", "ti>s@7:7"
+    route: Route
+    flops: int
+    params: int
+    accuracy: dict | None = None  # {"top1": %, "dataset": ...} once measured
+
+    @property
+    def cfg_id(self) -> int:
+        return self.index
+
+
+def paired_stitching(depth: int, window: int = 2, stride: int = 1
+                     ) -> tuple[list[tuple[int, int]], list[int], int]:
+    """SN-Net's positions (j, k), the layer each uses, and the number of stitching layers."""
+    if not (1 <= window <= depth and stride >= 1):
+        raise ValueError(f"window must be in 1..{depth} and stride >= 1, got {window}, {stride}")
+    positions: list[tuple[int, int]] = []
+    layer_of: list[int] = []
+    layer = -1
+    for start in range(0, depth, stride):
+        ids = range(start, min(start + window, depth))
+        new = [(j, k) for j in ids for k in ids if (j, k) not in positions]
+        if new:
+            layer += 1
+            positions += new
+            layer_of += [layer] * len(new)
+    return positions, layer_of, layer + 1
+
+
+@dataclass
+class VariantSpace:
+    """All variants of a family, in SN-Net order, with FLOPs and params."""
+
+    anchor_names: list[str]
+    configs: list[ViTConfig]
+    window: int = 2
+    stride: int = 1
+    nearest: bool = True
+    variants: list[Variant] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.variants:
+            self.variants = list(self._enumerate())
+        self._by_id = {v.id: v for v in self.variants}
+
+    # -- enumeration -------------------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        return self.configs[0].depth
+
+    @property
+    def pairs(self) -> list[tuple[int, int]]:
+        """Anchor pairs that get stitching layers (SN-Net's candidate_combinations)."""
+        n = len(self.configs)
+        if self.nearest:
+            return [(i, i + 1) for i in range(n - 1)]
+        return list(itertools.combinations(range(n), 2))
+
+    @property
+    def num_stitch_layers(self) -> int:
+        return paired_stitching(self.depth, self.window, self.stride)[2]
+
+    def layer_positions(self) -> dict[int, list[tuple[int, int]]]:
+        """Stitching layer id -> the (j, k) positions that share it (for the least-squares fit)."""
+        positions, layer_of, _ = paired_stitching(self.depth, self.window, self.stride)
+        out: dict[int, list[tuple[int, int]]] = {}
+        for pos, t in zip(positions, layer_of):
+            out.setdefault(t, []).append(pos)
+        return out
+
+    def _enumerate(self):
+        n = len(self.configs)
+        positions, layer_of, _ = paired_stitching(self.depth, self.window, self.stride)
+        combos = [c for m in range(1, n + 1) for c in itertools.combinations(range(n), m)]
+        if self.nearest:  # neighbours only: drop non-adjacent pairs and all multi-hop routes
+            combos = [c for c in combos if len(c) == 1 or (len(c) == 2 and c[1] == c[0] + 1)]
+        index = 0
+        for combo in combos:
+            for stitches in self._stitch_chains(combo, positions, layer_of):
+                route = Route(combo, stitches)
+                yield Variant(index, self.route_id(route), route, self.flops(route),
+                              self.params(route))
+                index += 1
+
+    @staticmethod
+    def _stitch_chains(combo, positions, layer_of, min_front: int = 0):
+        if len(combo) == 1:
+            yield ()
+            return
+        for (j, k), t in zip(positions, layer_of):
+            if j < min_front:
+                continue
+            head = Stitch(combo[0], combo[1], j, k, t)
+            for rest in VariantSpace._stitch_chains(combo[1:], positions, layer_of, k):
+                yield (head, *rest)
+
+    def route_id(self, route: Route) -> str:
+        s = self.anchor_names[route.anchors[0]]
+        for st in route.stitches:
+            s += f">{self.anchor_names[st.end]}@{st.front_block}:{st.end_block}"
+        return s
+
+    # -- lookup ------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.variants)
+
+    def __iter__(self):
+        return iter(self.variants)
+
+    def get(self, key: str | int) -> Variant:
+        """A variant by readable id ("ti>s@7:7") or by SN-Net cfg_id (int)."""
+        if isinstance(key, int) and not isinstance(key, bool):
+            if 0 <= key < len(self.variants):
+                return self.variants[key]
+            raise UnknownVariantError(f"no variant with cfg_id {key}; valid: 0..{len(self) - 1}")
+        if key in self._by_id:
+            return self._by_id[key]
+        if isinstance(key, str) and key.isdigit():
+            return self.get(int(key))
+        close = [v.id for v in self.variants if v.id.split("@")[0] == str(key).split("@")[0]]
+        raise UnknownVariantError(
+            f"unknown variant '{key}'; ids look like {close[:4] or [v.id for v in self][:4]} "
+            f"(or use an integer cfg_id 0..{len(self) - 1})")
+
+    # -- costs -------------------------------------------------------------------------------
+    def piece_flops(self, p: Piece) -> int:
+        c = self.configs[p.anchor]
+        N, D = c.seq_len, c.embed_dim
+        if p.kind == "embed":
+            return c.num_patches * D * c.in_chans * c.patch_size ** 2
+        if p.kind == "block":
+            return (N * D * 3 * D + 2 * N * N * D + N * D * D + 2 * N * D * c.mlp_hidden
+                    + 2 * 5 * N * D)
+        if p.kind == "stitch":
+            return N * D * self.configs[p.end].embed_dim
+        # head: final norm over all tokens (token pool) or fc_norm over the pooled vector (avg)
+        norm = 0
+        if c.fc_norm:
+            norm = 5 * D
+        elif p.norm:
+            norm = 5 * N * D
+        return norm + D * c.num_classes * (2 if c.distilled else 1)
+
+    def flops(self, route: Route) -> int:
+        return sum(self.piece_flops(p) for p in route.pieces(self.depth))
+
+    def piece_params(self, p: Piece, *, anchor_route: bool) -> int:
+        c = self.configs[p.anchor]
+        D = c.embed_dim
+        if p.kind == "embed":
+            n = D * c.in_chans * c.patch_size ** 2 + D
+            if anchor_route:  # SN-Net counts class/dist tokens and pos_embed for anchors only
+                pos_len = c.num_patches + (0 if c.no_embed_class else c.num_prefix_tokens)
+                n += c.num_prefix_tokens * D + pos_len * D
+            return n
+        if p.kind == "block":
+            n = 3 * D * D + D * D + D + 2 * D * c.mlp_hidden + c.mlp_hidden + D + 4 * D
+            n += 3 * D if c.qkv_bias else 0
+            n += 2 * D if c.layer_scale else 0
+            return n
+        if p.kind == "stitch":
+            E = self.configs[p.end].embed_dim
+            return D * E + E
+        heads = 2 if c.distilled else 1
+        return heads * (D * c.num_classes + c.num_classes) + 2 * D  # head(s) + norm/fc_norm
+
+    def params(self, route: Route) -> int:
+        return sum(self.piece_params(p, anchor_route=route.is_anchor)
+                   for p in route.pieces(self.depth))
