@@ -213,7 +213,6 @@ def config_from_state_dict(sd: StateDict, *, num_heads: int | None = None,
             meta_cfg = json.loads(metadata["snrt.config"])
         except json.JSONDecodeError:
             raise ModelFileError(f"{where}: metadata 'snrt.config' is not JSON") from None
-    _refuse_unknown_keys(sd, where)
     need = ["patch_embed.proj.weight", "pos_embed", "blocks.0.attn.qkv.weight", "head.weight"]
     missing = [k for k in need if k not in sd]
     if missing:
@@ -221,6 +220,7 @@ def config_from_state_dict(sd: StateDict, *, num_heads: int | None = None,
             f"{where}: not a timm ViT/DeiT state dict (missing {missing}); expected timm key "
             "names such as 'patch_embed.proj.weight', 'blocks.0.attn.qkv.weight', 'head.weight'"
         )
+    _refuse_unknown_keys(sd, where)
     pw = sd["patch_embed.proj.weight"]
     if pw.ndim != 4 or pw.shape[2] != pw.shape[3]:
         raise UnsupportedModelError(f"{where}: patch_embed.proj.weight has shape {pw.shape}, "

@@ -1,0 +1,208 @@
+"""snrt-export: from a family's weights to a bundle of verified variants.
+
+    snrt-export stitch --anchors ti.safetensors s.safetensors b.safetensors \\
+        (--stitch-weights snnet.pth | --calibrate images/) --out deit.snrt
+    snrt-export stitch --snnet snnet_deit.safetensors --out deit.snrt
+    snrt-export info deit.snrt
+    snrt-export --list
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from snrt.bundle import Bundle, BundleWriter
+from snrt.errors import SnrtError
+from snrt.family import Family, family_from_anchor_files, family_from_snnet_checkpoint
+from snrt.preprocess import load_image, preprocess_image
+from snrt.stitch_fit import fit_stitch_layers
+from snrt.variants import VariantSpace
+from snrt.version import __version__
+
+from .onnx_export import AnchorFeatures, batched, export_onnx
+from .registry import EXPORT_FORMATS
+
+log = logging.getLogger("snrt.export")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="snrt-export", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"snrt {__version__}")
+    p.add_argument("--list", action="store_true", help="list export formats and exit")
+    sub = p.add_subparsers(dest="command")
+
+    s = sub.add_parser(
+        "stitch", help="export an SN-Net family (anchors + stitching layers) as a bundle",
+        description="Export every SN-Net variant of a ViT/DeiT family as ONNX graphs sharing one "
+                    "weights file. Anchors are timm state dicts (.safetensors, .npz, or .pth with "
+                    "the torch extra), smallest first or in any order (sorted by width).")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--anchors", nargs="+", metavar="WEIGHTS",
+                     help="one timm ViT/DeiT weights file per anchor")
+    src.add_argument("--snnet", metavar="CKPT",
+                     help="an SN-Net checkpoint holding anchors.{i}.* and stitch_layers.*")
+    fit = s.add_mutually_exclusive_group()
+    fit.add_argument("--stitch-weights", metavar="CKPT",
+                     help="take the stitching layers from this SN-Net checkpoint")
+    fit.add_argument("--calibrate", metavar="DIR",
+                     help="fit the stitching layers by least squares on the images in DIR")
+    s.add_argument("--calib-count", type=int, default=64, metavar="N",
+                   help="calibration images to use (default 64)")
+    s.add_argument("--calib-batch", type=int, default=8, metavar="N",
+                   help="calibration batch size (default 8)")
+    s.add_argument("--names", nargs="+", help="anchor names, smallest first (default ti/s/b "
+                   "by width, or the checkpoint's)")
+    s.add_argument("--num-heads", nargs="+", type=int,
+                   help="attention heads per anchor when the files do not record them "
+                        "(default: 64-wide heads)")
+    s.add_argument("--window", type=int, default=2, help="stitching window (default 2)")
+    s.add_argument("--stride", type=int, default=1, help="window stride (default 1)")
+    s.add_argument("--all-pairs", action="store_true",
+                   help="stitch every anchor pair, not only neighbours (SN-Net nearest=False)")
+    s.add_argument("--name", help="family name recorded in the bundle (default: from --out)")
+    s.add_argument("--out", required=True, metavar="NAME.snrt", help="bundle directory to write")
+    s.add_argument("--force", action="store_true", help="replace an existing bundle")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    i = sub.add_parser("info", help="describe a bundle and verify its files",
+                       description="Print a bundle's family, variants and files; verify hashes.")
+    i.add_argument("bundle")
+    i.add_argument("--no-verify", action="store_true", help="skip the sha256 check")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = _parser().parse_args(argv)
+    if args.list:
+        for f in EXPORT_FORMATS.values():
+            extra = f" (pip install 'snrt[{f.extra}]')" if f.extra else ""
+            print(f"{f.name:8s} {','.join(f.precisions):16s} {f.description}{extra}")
+        return 0
+    if not args.command:
+        _parser().print_help()
+        return 2
+    try:
+        if args.command == "stitch":
+            return _stitch(args, argv)
+        if args.command == "info":
+            return _info(args)
+    except SnrtError as e:
+        log.error("error: %s", e)
+        return 1
+    return 2
+
+
+def _calibration_images(directory: Path, family: Family, count: int):
+    if not directory.is_dir():
+        raise SnrtError(f"--calibrate {directory}: not a directory of images")
+    files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise SnrtError(f"--calibrate {directory}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    files = files[:count]
+    log.info("calibrating on %d images from %s", len(files), directory)
+    return [preprocess_image(load_image(f), family.preprocess) for f in files]
+
+
+def _stitch(args, argv) -> int:
+    t0 = time.monotonic()
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise SnrtError(f"{out} exists; pass --force to replace it")
+    if args.snnet:
+        family = family_from_snnet_checkpoint(args.snnet, name=args.name, names=args.names,
+                                              num_heads=args.num_heads)
+    else:
+        family = family_from_anchor_files(args.anchors, name=args.name or out.stem,
+                                          names=args.names, num_heads=args.num_heads)
+    space = VariantSpace([a.name for a in family.anchors], [a.config for a in family.anchors],
+                         window=args.window, stride=args.stride, nearest=not args.all_pairs)
+    log.info("family %s: anchors %s, %d variants", family.name,
+             ", ".join(f"{a.name} (D={a.config.embed_dim}, {a.num_params / 1e6:.2f}M)"
+                       for a in family.anchors), len(space))
+    fit_report = None
+    if args.stitch_weights:
+        donor = family_from_snnet_checkpoint(args.stitch_weights)
+        _adopt_stitch_layers(family, donor, space)
+        family.sources.append(donor.sources[0])
+    elif args.calibrate:
+        images = _calibration_images(Path(args.calibrate), family, args.calib_count)
+        tf = time.monotonic()
+        feats = AnchorFeatures(family)
+        try:
+            report = fit_stitch_layers(family, space, batched(images, args.calib_batch), feats)
+        finally:
+            feats.close()
+        fit_report = {
+            "method": "least squares (SN-Net init), normal equations in float64",
+            "images": len(images), "seconds": round(time.monotonic() - tf, 2),
+            "layers": [{"pair": list(r.pair), "layer": r.layer, "positions": r.positions,
+                        "rel_residual": round(r.rel_residual, 5)} for r in report],
+        }
+        for pair in {r.pair for r in report}:
+            rs = [r.rel_residual for r in report if r.pair == pair]
+            log.info("stitch fit %s>%s: 1-R² mean %.4f (min %.4f, max %.4f) over %d layers",
+                     *pair, sum(rs) / len(rs), min(rs), max(rs), len(rs))
+    missing = [p for p in space.pairs if len(family.stitch_layers.get(p, [])) !=
+               space.num_stitch_layers]
+    if len(family.anchors) > 1 and missing:
+        raise SnrtError(
+            "stitching layers are needed for anchor pairs "
+            f"{[(family.anchors[f].name, family.anchors[e].name) for f, e in missing]}: pass "
+            "--stitch-weights CKPT (trained SN-Net) or --calibrate DIR (least-squares fit)")
+    with BundleWriter(out) as writer:
+        manifest = export_onnx(family, space, writer, progress=not args.quiet)
+        manifest.stitch_fit = fit_report
+        manifest.provenance.update({
+            "tool": "snrt-export stitch",
+            "command": shlex.join(["snrt-export"] + (argv if argv is not None else sys.argv[1:])),
+            "options": {k: v for k, v in vars(args).items() if k not in ("command",)},
+            "seconds": round(time.monotonic() - t0, 2),
+        })
+        writer.commit(manifest)
+    size = sum(f["bytes"] for f in manifest.files.values())
+    log.info("wrote %s: %d variants, %d files, %.1f MB in %.1fs", out, len(manifest.variants),
+             len(manifest.files), size / 1e6, time.monotonic() - t0)
+    return 0
+
+
+def _adopt_stitch_layers(family: Family, donor: Family, space: VariantSpace) -> None:
+    """Use a checkpoint's stitching layers for anchors given separately; widths must match."""
+    dw = [a.config.embed_dim for a in donor.anchors]
+    fw = [a.config.embed_dim for a in family.anchors]
+    if dw != fw:
+        raise SnrtError(f"--stitch-weights: checkpoint anchors have widths {dw}, the given "
+                        f"anchors {fw}; they must be the same family")
+    for pair in space.pairs:
+        if pair not in donor.stitch_layers:
+            raise SnrtError(f"--stitch-weights: no stitching layers for anchors {pair}")
+        family.stitch_layers[pair] = donor.stitch_layers[pair]
+
+
+def _info(args) -> int:
+    b = Bundle.open(args.bundle, verify=not args.no_verify)
+    m = b.manifest
+    print(f"{b.path}: family {b.name}, {len(b.variants)} variants, "
+          f"{sum(f['bytes'] for f in m.files.values()) / 1e6:.1f} MB in {len(m.files)} files"
+          f"{'' if args.no_verify else ' (sha256 verified)'}")
+    for a in m.family["anchors"]:
+        c = a["config"]
+        print(f"  anchor {a['name']:4s} D={c['embed_dim']} depth={c['depth']} "
+              f"heads={c['num_heads']} img={c['img_size']} params={a['params'] / 1e6:.2f}M")
+    print(f"  {'cfg':>3s}  {'id':16s} {'GFLOPs':>8s} {'Mparams':>8s} {'top1':>6s}")
+    for v in b.variants:
+        acc = f"{v.top1:.2f}" if v.top1 is not None else "-"
+        print(f"  {v.cfg_id:3d}  {v.id:16s} {v.flops / 1e9:8.3f} {v.params / 1e6:8.2f} {acc:>6s}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
