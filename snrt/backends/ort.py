@@ -1,0 +1,153 @@
+"""The onnxruntime backend: every variant ready, one copy of the weights in memory.
+
+Design (measured on this 2-vCPU machine, see benchmarks/runtime_bench.py and
+docs/runtime-design.md):
+- **pieces** placement (default for large families): one InferenceSession per *piece* of the
+  family (patch embedding, each block, each stitching layer, each head), shared by every variant
+  that runs it. A variant is a chain of sessions. Each weight is loaded once, and onnxruntime's
+  prepacking (its fast GEMM layout) keeps full speed: the packed copy replaces the mmapped
+  original, so memory stays ~1x the weights however many variants are ready. Chaining costs one
+  `run()` call per piece (~5-10 µs each), negligible for DeiT-sized models.
+- **graphs** placement (default when all ready variants' weights together stay small): one
+  session per variant graph. Fastest for tiny models, where per-piece call overhead is visible,
+  at the cost of one (prepacked) weights copy per variant.
+- Per-session intra-op thread pools with spinning disabled: with spinning on, a chain of
+  sessions at 2 threads ran 1.5-20x slower (idle pools spin against each other).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from ..bundle import Bundle, VariantInfo
+from ..errors import BundleError, SnrtError
+
+log = logging.getLogger(__name__)
+
+AUTO_GRAPHS_MAX_BYTES = 64 << 20  # "auto": whole graphs when their weights sum to <= 64 MiB
+PLACEMENTS = ("auto", "pieces", "graphs")
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = max(1, int(threads))
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    return so
+
+
+def open_session(path, threads: int) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(str(path), session_options(threads),
+                                    providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises several types for unreadable models
+        raise BundleError(f"{path}: onnxruntime cannot load it ({type(e).__name__}: "
+                          f"{str(e)[:200]}); re-export the bundle") from None
+
+
+@dataclass
+class _Step:
+    session: ort.InferenceSession
+    input_name: str
+    output_name: str
+
+
+class ChainExecutor:
+    """Runs a variant as a chain of piece sessions (or a single whole-graph session)."""
+
+    def __init__(self, variant: VariantInfo, steps: list[_Step]):
+        self.variant = variant
+        self.steps = steps
+        self._outs = [[s.output_name] for s in steps]
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        h = batch
+        for step, outs in zip(self.steps, self._outs):
+            h = step.session.run(outs, {step.input_name: h})[0]
+        return h
+
+
+class OrtBackend:
+    name = "onnxruntime"
+
+    def __init__(self, bundle: Bundle, *, threads: int = 1, placement: str = "auto",
+                 variants: list[VariantInfo] | None = None, precision: str = "fp32"):
+        if placement not in PLACEMENTS:
+            raise SnrtError(f"unknown placement '{placement}'; choose from {PLACEMENTS}")
+        if precision != "fp32":
+            raise SnrtError(f"the onnxruntime backend runs fp32 bundles; got precision "
+                            f"'{precision}' (int8/fp16 are served by the tflite backend)")
+        self.bundle = bundle
+        self.threads = max(1, int(threads))
+        planned = variants if variants is not None else bundle.variants
+        if placement == "auto":
+            graph_bytes = sum(v.params for v in planned) * 4
+            placement = "graphs" if graph_bytes <= AUTO_GRAPHS_MAX_BYTES else "pieces"
+            log.info("placement auto -> %s (whole graphs would hold %.0f MB of weights)",
+                     placement, graph_bytes / 1e6)
+        self.placement = placement
+        self._pieces: dict[str, _Step] = {}
+        self._executors: dict[str, ChainExecutor] = {}
+        self._lock = threading.Lock()
+
+    def info(self) -> dict:
+        return {"backend": self.name, "version": ort.__version__, "placement": self.placement,
+                "threads": self.threads, "sessions": len(self._pieces) + (
+                    len(self._executors) if self.placement == "graphs" else 0)}
+
+    def _step(self, path) -> _Step:
+        s = open_session(path, self.threads)
+        return _Step(s, s.get_inputs()[0].name, s.get_outputs()[0].name)
+
+    def load(self, variant: VariantInfo) -> ChainExecutor:
+        """Make `variant` ready: load the sessions it needs (sharing pieces) and warm up the
+        new ones (a never-run session page-faults its arena and packed weights on its first
+        1-2 runs; pieces already warm for another variant are not run again)."""
+        with self._lock:
+            if variant.id in self._executors:
+                return self._executors[variant.id]
+            fresh: list[_Step] = []
+            if self.placement == "graphs":
+                steps = [self._step(self.bundle.graph_path(variant))]
+                fresh = steps
+            else:
+                steps = []
+                for pid in variant.pieces:
+                    if pid not in self._pieces:
+                        self._pieces[pid] = self._step(self.bundle.piece_path(pid))
+                        fresh.append(self._pieces[pid])
+                    steps.append(self._pieces[pid])
+            for step in fresh:
+                self._warm(step)
+            ex = ChainExecutor(variant, steps)
+            self._executors[variant.id] = ex
+            return ex
+
+    @staticmethod
+    def _warm(step: _Step, runs: int = 2) -> None:
+        shape = [1 if not isinstance(d, int) else d for d in step.session.get_inputs()[0].shape]
+        x = np.zeros(shape, np.float32)
+        for _ in range(runs):
+            step.session.run([step.output_name], {step.input_name: x})
+
+    def unload(self, variant: VariantInfo) -> None:
+        """Forget a variant; pieces no other loaded variant uses are released. Calls in flight
+        keep their references and finish normally."""
+        with self._lock:
+            self._executors.pop(variant.id, None)
+            if self.placement == "pieces":
+                used = {p for ex in self._executors.values() for p in ex.variant.pieces}
+                for pid in [p for p in self._pieces if p not in used]:
+                    del self._pieces[pid]
+
+    def close(self) -> None:
+        with self._lock:
+            self._executors.clear()
+            self._pieces.clear()

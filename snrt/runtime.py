@@ -1,0 +1,270 @@
+"""snrt.Runtime: every variant of a bundle ready, one active, swapped atomically between frames.
+
+    rt = snrt.Runtime("deit.snrt", backend="onnxruntime", threads=2)
+    rt.variants               # VariantInfo: id, cfg_id, flops, params, accuracy
+    rt.switch("ti>s@7:7")     # or an SN-Net cfg_id
+    logits = rt.infer(image)  # PIL image, path, uint8 array, preprocessed float array, or a list
+
+Concurrency: `infer()` reads the active (variant, executor) pair once, as one reference, so a
+call in flight finishes on the variant it started with even if `switch()` runs meanwhile;
+`switch()` replaces that reference under a lock. Calls from several threads are safe (each
+onnxruntime session is safe to run concurrently).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .backends import create_backend
+from .bundle import Bundle, VariantInfo
+from .errors import InputError, SnrtError
+from .preprocess import to_batch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SwitchEvent:
+    t_s: float  # time.monotonic() at the switch
+    from_id: str | None
+    to_id: str
+    reason: str
+    switch_ms: float  # time spent inside switch()
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    t_s: float  # time.monotonic() when the call finished
+    variant: str
+    latency_ms: float  # inference only (after preprocessing)
+    total_ms: float  # preprocessing + inference
+    batch: int
+
+
+@dataclass(frozen=True)
+class Result:
+    logits: np.ndarray
+    variant: VariantInfo
+    latency_ms: float
+    total_ms: float
+
+
+def _percentiles(xs: list[float]) -> dict:
+    if not xs:
+        return {"n": 0}
+    a = np.asarray(xs)
+    return {"n": len(a), "mean": float(a.mean()), "p50": float(np.percentile(a, 50)),
+            "p90": float(np.percentile(a, 90)), "p99": float(np.percentile(a, 99)),
+            "min": float(a.min()), "max": float(a.max())}
+
+
+def _default_initial(keep: list[VariantInfo]) -> VariantInfo:
+    """The most accurate variant when accuracies are known, else the largest anchor."""
+    if any(v.top1 is not None for v in keep):
+        return max(keep, key=lambda v: (v.top1 if v.top1 is not None else -1.0, -v.flops))
+    anchors = [v for v in keep if v.is_anchor] or keep
+    return max(anchors, key=lambda v: v.flops)
+
+
+class Runtime:
+    """Runs a bundle's variants; see the module docstring."""
+
+    def __init__(self, bundle: str | Path | Bundle, *, backend: str = "onnxruntime",
+                 threads: int = 1, variants: list[str | int] | None = None,
+                 initial: str | int | None = None, lazy: bool = False,
+                 controller=None, verify: bool | str = True, history: int = 4096,
+                 **backend_options):
+        """
+        bundle: a bundle directory or an open Bundle.
+        backend: "onnxruntime" or "tflite" (see snrt.backends).
+        threads: intra-op threads per inference.
+        variants: ids/cfg_ids to keep ready (default: all).
+        initial: the variant active first (default: the most accurate ready one, else the
+            largest).
+        lazy: load variants on first use instead of all at start.
+        controller: None, "auto", or a policy object that picks variants (snrt.controller).
+        verify: check bundle hashes on open (True), sizes only ("size") or not at all (False).
+        history: per-call records kept for stats().
+        """
+        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle, verify=verify)
+        keep = self.bundle.variants if variants is None else [self.bundle.variant(k)
+                                                                for k in variants]
+        if not keep:
+            raise SnrtError("Runtime needs at least one variant")
+        self._ready_set = {v.id: v for v in keep}
+        self._backend = create_backend(backend, self.bundle, threads=threads, variants=keep,
+                                       **backend_options)
+        self.backend_name = backend
+        self.threads = threads
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[SwitchEvent], None]] = []
+        self._frames: collections.deque[FrameRecord] = collections.deque(maxlen=history)
+        self._switches: collections.deque[SwitchEvent] = collections.deque(maxlen=history)
+        self._n_frames = 0
+        self._n_errors = 0
+        self._closed = False
+        t0 = time.monotonic()
+        if not lazy:
+            for v in keep:
+                self._backend.load(v)
+        first = self.bundle.variant(initial) if initial is not None else _default_initial(keep)
+        self._active: tuple[VariantInfo, object] = (first, self._executor(first))
+        self.load_seconds = time.monotonic() - t0
+        log.info("runtime ready: %d variants on %s in %.2fs, active %s", len(keep), backend,
+                 self.load_seconds, first.id)
+        self.controller = None
+        if controller is not None:
+            self.set_controller(controller)
+
+    # -- variants ----------------------------------------------------------------------------
+    @property
+    def variants(self) -> list[VariantInfo]:
+        """The variants this runtime can switch to, in bundle order."""
+        return [v for v in self.bundle.variants if v.id in self._ready_set]
+
+    @property
+    def current(self) -> VariantInfo:
+        return self._active[0]
+
+    def _executor(self, v: VariantInfo):
+        if v.id not in self._ready_set:
+            raise SnrtError(f"variant '{v.id}' is in the bundle but not in this runtime's "
+                            f"ready set; pass it in Runtime(variants=...)")
+        return self._backend.load(v)
+
+    def switch(self, key: str | int, reason: str = "manual") -> VariantInfo:
+        """Make `key` (id or cfg_id) the active variant. Atomic; in-flight calls finish on the
+        variant they started with. Cheap (a reference swap) when the variant is ready."""
+        self._check_open()
+        t0 = time.perf_counter()
+        v = self.bundle.variant(key)
+        ex = self._executor(v)  # loads it first if the runtime is lazy
+        with self._lock:
+            old = self._active[0]
+            self._active = (v, ex)
+        ev = SwitchEvent(time.monotonic(), old.id, v.id, reason,
+                         (time.perf_counter() - t0) * 1e3)
+        self._switches.append(ev)
+        for cb in list(self._listeners):
+            try:
+                cb(ev)
+            except Exception:  # a listener's bug must not break inference
+                log.exception("switch listener %r failed", cb)
+        return v
+
+    def on_switch(self, callback: Callable[[SwitchEvent], None]) -> None:
+        """Call `callback(SwitchEvent)` after every switch (manual or by the controller)."""
+        self._listeners.append(callback)
+
+    # -- inference ---------------------------------------------------------------------------
+    def run(self, x, *, variant: str | int | None = None) -> Result:
+        """Like infer(), but returns a Result with the variant that produced the logits and
+        the latency of this call."""
+        self._check_open()
+        t0 = time.perf_counter()
+        v, ex = self._active if variant is None else self._pinned(variant)
+        try:
+            batch, batched = to_batch(x, self.bundle.preprocess)
+        except InputError:
+            self._n_errors += 1
+            raise
+        t1 = time.perf_counter()
+        out = ex.run(batch)
+        t2 = time.perf_counter()
+        rec = FrameRecord(time.monotonic(), v.id, (t2 - t1) * 1e3, (t2 - t0) * 1e3, len(batch))
+        self._frames.append(rec)
+        self._n_frames += 1
+        ctl = self.controller
+        if ctl is not None:
+            ctl.observe(self, rec)
+        return Result(out if batched else out[0], v, rec.latency_ms, rec.total_ms)
+
+    def infer(self, x, *, variant: str | int | None = None) -> np.ndarray:
+        """Logits for one input ([classes]) or a batch ([B, classes]).
+
+        x: PIL image, image path, uint8 HxW(xC) array, preprocessed float CxHxW array, a 4-D
+        float batch, or a list of those. `variant` runs a specific variant for this call only.
+        """
+        return self.run(x, variant=variant).logits
+
+    def _pinned(self, key):
+        v = self.bundle.variant(key)
+        return v, self._executor(v)
+
+    def classify(self, x, k: int = 5) -> list[tuple[str, float]]:
+        """Top-k (label, probability) for one input, labels from the bundle when it has them."""
+        logits = self.infer(x)
+        if logits.ndim != 1:
+            raise InputError("classify() takes one input; use infer() for batches")
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        top = np.argsort(-p)[:k]
+        labels = self.bundle.labels
+        return [(labels[i] if labels else str(i), float(p[i])) for i in top]
+
+    # -- control -----------------------------------------------------------------------------
+    def set_controller(self, controller) -> None:
+        """Attach a controller (None detaches it). "auto" builds the default one."""
+        if controller == "auto":
+            from .controller import Controller
+
+            controller = Controller.auto(self)
+        if self.controller is not None:
+            self.controller.detach()
+        self.controller = controller
+        if controller is not None:
+            controller.attach(self)
+
+    # -- observability -----------------------------------------------------------------------
+    def frames(self) -> list[FrameRecord]:
+        return list(self._frames)
+
+    def switches(self) -> list[SwitchEvent]:
+        return list(self._switches)
+
+    def stats(self) -> dict:
+        frames = list(self._frames)
+        per: dict[str, list[float]] = {}
+        for f in frames:
+            per.setdefault(f.variant, []).append(f.latency_ms)
+        sw = list(self._switches)
+        return {
+            "current": self.current.id,
+            "backend": self._backend.info(),
+            "frames": self._n_frames, "input_errors": self._n_errors,
+            "latency_ms": _percentiles([f.latency_ms for f in frames]),
+            "per_variant_latency_ms": {k: _percentiles(v) for k, v in per.items()},
+            "switches": len(sw), "switch_ms": _percentiles([e.switch_ms for e in sw]),
+            "last_switch": asdict(sw[-1]) if sw else None,
+            "load_seconds": self.load_seconds,
+        }
+
+    # -- lifetime ----------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SnrtError("this Runtime is closed")
+
+    def close(self) -> None:
+        if self.controller is not None:
+            self.controller.detach()
+            self.controller = None
+        self._closed = True
+        self._backend.close()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"Runtime({self.bundle.path.name}, {len(self._ready_set)} variants, "
+                f"active={self.current.id}, backend={self.backend_name})")
