@@ -11,6 +11,9 @@ docs/runtime-design.md):
 - **graphs** placement (default when all ready variants' weights together stay small): one
   session per variant graph. Fastest for tiny models, where per-piece call overhead is visible,
   at the cost of one (prepacked) weights copy per variant.
+- One CPU arena for all sessions (registered with the onnxruntime environment and used via
+  `session.use_env_allocators`): with an arena per session, 12 DeiT-B block sessions grew
+  by 245 MB of activation arenas above their 340 MB of weights; with the shared arena, 33 MB.
 - Per-session intra-op thread pools with spinning disabled: with spinning on, a chain of
   sessions at 2 threads ran 1.5-20x slower (idle pools spin against each other).
 """
@@ -33,8 +36,31 @@ AUTO_GRAPHS_MAX_BYTES = 64 << 20  # "auto": whole graphs when their weights sum 
 PLACEMENTS = ("auto", "pieces", "graphs")
 
 
-def session_options(threads: int) -> ort.SessionOptions:
+_env_arena_lock = threading.Lock()
+_env_arena: bool | None = False  # None: tried and unavailable
+
+
+def _ensure_env_arena() -> bool:
+    """Register one process-wide CPU arena with onnxruntime's environment (once)."""
+    global _env_arena
+    with _env_arena_lock:
+        if _env_arena is False:
+            mem = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0,
+                                    ort.OrtMemType.DEFAULT)
+            try:
+                ort.create_and_register_allocator(mem, ort.OrtArenaCfg(0, -1, -1, -1))
+                _env_arena = True
+            except Exception as e:  # an onnxruntime build without env allocators
+                log.warning("shared onnxruntime arena unavailable (%s); each session gets "
+                            "its own arena, which costs memory", e)
+                _env_arena = None
+        return bool(_env_arena)
+
+
+def session_options(threads: int, shared_arena: bool = True) -> ort.SessionOptions:
     so = ort.SessionOptions()
+    if shared_arena and _ensure_env_arena():
+        so.add_session_config_entry("session.use_env_allocators", "1")
     so.intra_op_num_threads = max(1, int(threads))
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -43,9 +69,9 @@ def session_options(threads: int) -> ort.SessionOptions:
     return so
 
 
-def open_session(path, threads: int) -> ort.InferenceSession:
+def open_session(path, threads: int, shared_arena: bool = True) -> ort.InferenceSession:
     try:
-        return ort.InferenceSession(str(path), session_options(threads),
+        return ort.InferenceSession(str(path), session_options(threads, shared_arena),
                                     providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises several types for unreadable models
         raise BundleError(f"{path}: onnxruntime cannot load it ({type(e).__name__}: "
@@ -78,7 +104,8 @@ class OrtBackend:
     name = "onnxruntime"
 
     def __init__(self, bundle: Bundle, *, threads: int = 1, placement: str = "auto",
-                 variants: list[VariantInfo] | None = None, precision: str = "fp32"):
+                 variants: list[VariantInfo] | None = None, precision: str = "fp32",
+                 shared_arena: bool = True):
         if placement not in PLACEMENTS:
             raise SnrtError(f"unknown placement '{placement}'; choose from {PLACEMENTS}")
         if precision != "fp32":
@@ -86,6 +113,7 @@ class OrtBackend:
                             f"'{precision}' (int8/fp16 are served by the tflite backend)")
         self.bundle = bundle
         self.threads = max(1, int(threads))
+        self.shared_arena = shared_arena
         planned = variants if variants is not None else bundle.variants
         if placement == "auto":
             graph_bytes = sum(v.params for v in planned) * 4
@@ -103,7 +131,7 @@ class OrtBackend:
                     len(self._executors) if self.placement == "graphs" else 0)}
 
     def _step(self, path) -> _Step:
-        s = open_session(path, self.threads)
+        s = open_session(path, self.threads, self.shared_arena)
         return _Step(s, s.get_inputs()[0].name, s.get_outputs()[0].name)
 
     def load(self, variant: VariantInfo) -> ChainExecutor:
