@@ -12,8 +12,19 @@ from .errors import (
 from .runtime import FrameRecord, Result, Runtime, SwitchEvent
 from .version import __version__
 
+
+def default_bundle():
+    """Path of the bundled default family (trained by tools/train_default_family.py)."""
+    from pathlib import Path
+
+    p = Path(__file__).parent / "data" / "default.snrt"
+    if not (p / "manifest.json").is_file():
+        raise BundleError(f"{p}: the default bundle is not installed; reinstall snrt or "
+                          "regenerate it with tools/train_default_family.py")
+    return p
+
 __all__ = [
     "Bundle", "BundleError", "FrameRecord", "InputError", "MissingExtraError", "ModelFileError",
     "Result", "Runtime", "SnrtError", "SwitchEvent", "UnknownVariantError", "UnsupportedModelError",
-    "VariantInfo", "__version__",
+    "VariantInfo", "__version__", "default_bundle",
 ]

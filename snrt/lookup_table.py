@@ -1,0 +1,199 @@
+"""LookupTable: per-device latency measurements (and predictions) of a bundle's variants.
+
+File: `lookup_tables/<device-id>.json`, schema `snrt.lookup_table` version 1:
+
+    {"schema": "snrt.lookup_table", "schema_version": 1,
+     "device": DeviceInfo,                        # snrt.device
+     "bundles": {"<bundle key>": {"name", "weights_sha256", "variants", "path"}},
+     "entries": [Entry, ...]}
+
+An Entry is one variant on one backend/precision/thread count. Measured entries hold the
+statistics `snrt-profile` collects (TFLite benchmark_model / onnxruntime_perf_test style:
+warm-up, then timed runs: count, mean, std, min, p50, p90, p99, max, first run, load time, peak
+RSS) and the conditions during measurement; predicted entries (`predicted: true`) hold the
+predictor's mean as `p50_ms`/`mean_ms` and its 1-sigma `uncertainty_ms`. The table is validated
+on load; writes are atomic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .device import DeviceInfo, describe_device
+from .errors import SnrtError
+from .fileio import atomic_write_json
+
+SCHEMA = "snrt.lookup_table"
+SCHEMA_VERSION = 1
+
+
+class LookupTableError(SnrtError, ValueError):
+    """A lookup table file is missing, malformed, or of another schema version."""
+
+
+@dataclass
+class Entry:
+    bundle: str  # bundle key: "<family name>@<weights sha256[:12]>"
+    variant: str
+    cfg_id: int
+    backend: str
+    precision: str
+    threads: int
+    p50_ms: float
+    mean_ms: float
+    flops: int = 0
+    params: int = 0
+    accuracy: float | None = None  # top-1 %, copied from the bundle when known
+    predicted: bool = False
+    uncertainty_ms: float | None = None  # predictions: 1-sigma
+    count: int = 0
+    std_ms: float | None = None
+    min_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    max_ms: float | None = None
+    first_run_ms: float | None = None
+    load_ms: float | None = None
+    peak_rss_mb: float | None = None
+    warmup: int = 0
+    placement: str | None = None
+    backend_version: str | None = None
+    conditions: dict = field(default_factory=dict)  # cpu load, freq, temperature, battery...
+    timestamp: str | None = None
+    error: str | None = None  # set when the variant could not be measured
+
+    @property
+    def key(self) -> tuple:
+        return (self.bundle, self.variant, self.backend, self.precision, self.threads)
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None or k == "accuracy"}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Entry:
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise LookupTableError(f"unknown entry fields {sorted(unknown)}")
+        e = cls(**d)
+        if not isinstance(e.p50_ms, (int, float)) or e.p50_ms < 0:
+            raise LookupTableError(f"entry {e.variant}: p50_ms must be a non-negative number")
+        if not isinstance(e.threads, int) or e.threads < 1:
+            raise LookupTableError(f"entry {e.variant}: threads must be a positive integer")
+        return e
+
+
+@dataclass
+class LookupTable:
+    device: DeviceInfo
+    bundles: dict[str, dict] = field(default_factory=dict)
+    entries: list[Entry] = field(default_factory=list)
+
+    # -- files -------------------------------------------------------------------------------
+    @classmethod
+    def new(cls) -> LookupTable:
+        return cls(describe_device())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> LookupTable:
+        p = Path(path)
+        if not p.is_file():
+            raise LookupTableError(f"{p}: no such lookup table; create one with snrt-profile")
+        try:
+            d = json.loads(p.read_text("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise LookupTableError(f"{p}: not valid JSON ({e})") from None
+        return cls.from_json(d, str(p))
+
+    @classmethod
+    def from_json(cls, d: dict, where: str = "lookup table") -> LookupTable:
+        if not isinstance(d, dict) or d.get("schema") != SCHEMA:
+            raise LookupTableError(f"{where}: not an snrt lookup table")
+        if d.get("schema_version") != SCHEMA_VERSION:
+            raise LookupTableError(
+                f"{where}: schema version {d.get('schema_version')}, this snrt reads "
+                f"{SCHEMA_VERSION}; re-run snrt-profile or upgrade snrt")
+        try:
+            t = cls(DeviceInfo.from_json(d["device"]), dict(d.get("bundles", {})),
+                    [Entry.from_json(e) for e in d.get("entries", [])])
+        except (KeyError, TypeError) as e:
+            raise LookupTableError(f"{where}: malformed ({type(e).__name__}: {e})") from None
+        seen = set()
+        for e in t.entries:
+            if e.key in seen:
+                raise LookupTableError(f"{where}: duplicate entry {e.key}")
+            seen.add(e.key)
+        return t
+
+    def to_json(self) -> dict:
+        return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+                "device": self.device.to_json(), "bundles": self.bundles,
+                "entries": [e.to_json() for e in self.entries]}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        atomic_write_json(path, self.to_json())
+        return Path(path)
+
+    @staticmethod
+    def path_for(directory: str | os.PathLike, device: DeviceInfo | None = None) -> Path:
+        return Path(directory) / f"{(device or describe_device()).id}.json"
+
+    @classmethod
+    def for_this_device(cls, directory: str | os.PathLike) -> LookupTable:
+        return cls.load(cls.path_for(directory))
+
+    # -- entries -----------------------------------------------------------------------------
+    def put(self, entry: Entry) -> None:
+        """Add or replace the entry with the same key (bundle, variant, backend, precision,
+        threads); a prediction never replaces a measurement."""
+        for i, e in enumerate(self.entries):
+            if e.key == entry.key:
+                if entry.predicted and not e.predicted and e.error is None:
+                    return
+                self.entries[i] = entry
+                return
+        self.entries.append(entry)
+
+    def get(self, bundle: str, variant: str, backend: str = "onnxruntime",
+            precision: str = "fp32", threads: int = 1) -> Entry | None:
+        for e in self.entries:
+            if e.key == (bundle, variant, backend, precision, threads):
+                return e
+        return None
+
+    def select(self, bundle: str | None = None, backend: str | None = None,
+               precision: str | None = None, threads: int | None = None,
+               measured_only: bool = False) -> list[Entry]:
+        return [e for e in self.entries
+                if (bundle is None or e.bundle == bundle)
+                and (backend is None or e.backend == backend)
+                and (precision is None or e.precision == precision)
+                and (threads is None or e.threads == threads)
+                and e.error is None and not (measured_only and e.predicted)]
+
+    def configs(self, bundle: str | None = None) -> list[tuple[str, str, int]]:
+        """(backend, precision, threads) combinations present, sorted."""
+        return sorted({(e.backend, e.precision, e.threads) for e in self.select(bundle)})
+
+
+def bundle_key(bundle) -> str:
+    """Identify a bundle by family name and weights hash: a re-export with other weights is a
+    different bundle, a copy of the same one is not."""
+    sha = bundle.manifest.files["graphs/weights.bin"]["sha256"]
+    return f"{bundle.name}@{sha[:12]}"
+
+
+def pareto_front(entries: list[Entry]) -> list[Entry]:
+    """Entries not dominated in (lower p50 latency, higher accuracy); needs accuracies.
+    Sorted by latency."""
+    pts = sorted((e for e in entries if e.accuracy is not None),
+                 key=lambda e: (e.p50_ms, -e.accuracy))
+    front, best = [], float("-inf")
+    for e in pts:
+        if e.accuracy > best:
+            front.append(e)
+            best = e.accuracy
+    return front
