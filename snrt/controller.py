@@ -1,0 +1,365 @@
+"""Controller: battery, power saving, CPU load and temperature pick the variant.
+
+    rt = snrt.Runtime("family.snrt", controller="auto")   # SystemMonitor + this device's table
+    rt.controller.pin("ti")  /  rt.controller.unpin()
+
+Between two frames (inside `Runtime.run`, after the frame is recorded; microseconds, never an
+I/O wait) the controller:
+1. reads the Monitor (cached readings) -> PowerState;
+2. turns it into a per-frame latency budget: `1000 / target_fps * headroom`, scaled down in
+   power-saving mode, at low/critical battery (unless charging) and by thermal status;
+3. estimates every candidate's latency on this device now: the lookup table's p50 times a
+   contention factor learnt from the latencies the runtime actually observes (feedback: rises
+   at once when frames get slower, decays slowly when they get faster, so contention is seen
+   within one or two frames even when CPU-load readings lag);
+4. picks the most accurate variant on the accuracy-latency Pareto front that fits, with
+   hysteresis: step down as soon as the current variant no longer fits; step up only when the
+   better variant fits with `up_margin` to spare and `min_dwell_s` has passed since the last
+   switch (so noisy readings do not make it flap). Each switch carries its reason.
+
+`decide()` is a pure function of (state, estimates, current, time): easy to test and tune.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from .errors import SnrtError
+from .lookup_table import LookupTable, LookupTableError, bundle_key, pareto_front
+from .monitor import Monitor, PowerState, SystemMonitor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """User-tunable thresholds. Scales multiply the frame budget; the smallest applies."""
+
+    target_fps: float = 15.0
+    headroom: float = 0.8  # share of the frame period inference may use
+    power_saving_scale: float = 0.5
+    low_battery_pct: float = 20.0
+    low_battery_scale: float = 0.7
+    critical_battery_pct: float = 10.0
+    critical_battery_scale: float = 0.4
+    charging_ignores_battery: bool = True
+    # by thermal status 0..6 (NONE, LIGHT, MODERATE, SEVERE, CRITICAL, EMERGENCY, SHUTDOWN)
+    thermal_scales: tuple[float, ...] = (1.0, 0.9, 0.7, 0.5, 0.35, 0.25, 0.25)
+    high_cpu_load_pct: float = 101.0  # >100: off (feedback sees contention); e.g. 80 to act
+    high_cpu_load_scale: float = 0.8  # on a lagging load reading as well
+    up_margin: float = 0.15  # step up only if est <= budget * (1 - up_margin)
+    down_margin: float = 0.0  # step down once est > budget * (1 + down_margin)
+    min_dwell_s: float = 3.0  # no step up sooner than this after any switch
+    max_dwell_s: float = 60.0  # premature step-ups double the dwell up to this
+    pareto_only: bool = True
+
+    def __post_init__(self):
+        if self.target_fps <= 0 or not 0 < self.headroom <= 1:
+            raise ValueError("target_fps must be > 0 and headroom in (0, 1]")
+        if len(self.thermal_scales) != 7:
+            raise ValueError("thermal_scales needs 7 values (thermal status 0..6)")
+        if not 0 <= self.up_margin < 1 or self.down_margin < 0 or self.min_dwell_s < 0:
+            raise ValueError("up_margin in [0, 1), down_margin >= 0, min_dwell_s >= 0")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: str
+    accuracy: float  # top-1 %, or a proxy (FLOPs rank) when unknown
+    base_ms: float  # latency on this device without contention (table p50)
+
+
+@dataclass(frozen=True)
+class Budget:
+    budget_ms: float
+    scale: float
+    why: str  # what scaled it
+
+
+@dataclass(frozen=True)
+class Decision:
+    kind: str  # "start" | "down" | "up" | "keep"
+    target: str
+    budget: Budget
+    contention: float
+    est_ms: float
+    reason: str
+    switch: bool
+
+
+def frame_budget(state: PowerState, cfg: PolicyConfig) -> Budget:
+    """Latency budget for one frame, from the power state."""
+    scale, why = 1.0, []
+    if state.power_saving:
+        scale = min(scale, cfg.power_saving_scale)
+        why.append(f"power-saving ({state.power_saving_source})")
+    on_mains = state.plugged is True and cfg.charging_ignores_battery
+    if state.battery_pct is not None and not on_mains:
+        if state.battery_pct <= cfg.critical_battery_pct:
+            scale = min(scale, cfg.critical_battery_scale)
+            why.append(f"battery {state.battery_pct:.0f}% critical")
+        elif state.battery_pct <= cfg.low_battery_pct:
+            scale = min(scale, cfg.low_battery_scale)
+            why.append(f"battery {state.battery_pct:.0f}% low")
+    t = cfg.thermal_scales[max(0, min(6, state.thermal_status))]
+    if t < 1.0:
+        scale = min(scale, t)
+        why.append(f"thermal status {state.thermal_status}")
+    if state.cpu_load_pct >= cfg.high_cpu_load_pct:
+        scale = min(scale, cfg.high_cpu_load_scale)
+        why.append(f"cpu load {state.cpu_load_pct:.0f}%")
+    budget = 1000.0 / cfg.target_fps * cfg.headroom * scale
+    return Budget(budget, scale, ", ".join(why) or "normal")
+
+
+def decide(state: PowerState, candidates: list[Candidate], current: str, contention: float,
+           now_s: float, last_switch_s: float, cfg: PolicyConfig,
+           dwell_s: float | None = None) -> Decision:
+    """Pick the variant for the next frame. Pure: same inputs, same answer.
+    dwell_s: the current minimum time between a switch and a step up (default
+    cfg.min_dwell_s; the Controller lengthens it after premature step-ups)."""
+    dwell_s = cfg.min_dwell_s if dwell_s is None else dwell_s
+    if not candidates:
+        raise SnrtError("no candidate variants to choose from")
+    b = frame_budget(state, cfg)
+    est = {c.id: c.base_ms * contention for c in candidates}
+    by_id = {c.id: c for c in candidates}
+    cur = by_id.get(current)
+    fits = [c for c in candidates if est[c.id] <= b.budget_ms]
+    best = (max(fits, key=lambda c: (c.accuracy, -est[c.id])) if fits
+            else min(candidates, key=lambda c: est[c.id]))
+    note = f"budget {b.budget_ms:.1f} ms ({b.why}), contention x{contention:.2f}"
+    if cur is None:  # the current variant is not a candidate (pinned before, or off-front)
+        return Decision("start", best.id, b, contention, est[best.id],
+                        f"{note}: start on {best.id} (est {est[best.id]:.1f} ms)", True)
+    cur_est = est[cur.id]
+    if cur_est > b.budget_ms * (1 + cfg.down_margin):  # must step down, no dwell
+        tgt = best if est[best.id] < cur_est else min(candidates, key=lambda c: est[c.id])
+        if tgt.id != cur.id:
+            return Decision("down", tgt.id, b, contention, est[tgt.id],
+                            f"{note}: {cur.id} est {cur_est:.1f} ms over budget -> "
+                            f"{tgt.id} est {est[tgt.id]:.1f} ms", True)
+        return Decision("keep", cur.id, b, contention, cur_est, f"{note}: already fastest",
+                        False)
+    if now_s - last_switch_s >= dwell_s:  # step up to the best that fits roomily
+        roomy = [c for c in fits if c.accuracy > cur.accuracy
+                 and est[c.id] <= b.budget_ms * (1 - cfg.up_margin)]
+        if roomy:
+            c = max(roomy, key=lambda c: (c.accuracy, -est[c.id]))
+            return Decision("up", c.id, b, contention, est[c.id],
+                            f"{note}: room for {c.id} (est {est[c.id]:.1f} ms, top1 "
+                            f"{c.accuracy:.2f} > {cur.accuracy:.2f})", True)
+    return Decision("keep", cur.id, b, contention, cur_est, f"{note}: keep {cur.id}", False)
+
+
+class ContentionEstimate:
+    """observed / table latency, learnt from frames: up fast, down slowly."""
+
+    def __init__(self, up_alpha: float = 0.8, down_alpha: float = 0.15, initial: float = 1.0):
+        self.up_alpha, self.down_alpha = up_alpha, down_alpha
+        self.value = initial
+        self.n = 0
+
+    def update(self, observed_ms: float, table_ms: float) -> float:
+        if table_ms <= 0:
+            return self.value
+        r = max(observed_ms / table_ms, 0.05)
+        a = self.up_alpha if r > self.value else self.down_alpha
+        self.value += a * (r - self.value)
+        self.n += 1
+        return self.value
+
+
+@dataclass
+class ControllerEvent:
+    t_s: float
+    state: dict
+    decision: dict
+
+
+class Controller:
+    """Glues Monitor + lookup table + policy to a Runtime. See the module docstring."""
+
+    def __init__(self, monitor: Monitor, base_ms: dict[str, float],
+                 accuracy: dict[str, float] | None = None, *,
+                 config: PolicyConfig = PolicyConfig(), clock=time.monotonic,
+                 decide_every_s: float = 0.0, history: int = 2048):
+        if not base_ms:
+            raise SnrtError("the controller needs latency figures for at least one variant")
+        self.monitor = monitor
+        self.config = config
+        self.clock = clock
+        self.base_ms = dict(base_ms)
+        self.accuracy = dict(accuracy or {})
+        self.contention = ContentionEstimate()
+        self.decide_every_s = decide_every_s
+        self.events: collections.deque[ControllerEvent] = collections.deque(maxlen=history)
+        self._pinned: str | None = None
+        self._rt = None
+        self._last_switch = -1e9
+        self._last_up = -1e9
+        self._last_decide = -1e9
+        self.dwell_s = config.min_dwell_s
+        self._lock = threading.Lock()
+        self.candidates = self._candidates()
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def auto(cls, rt, *, table: LookupTable | str | os.PathLike | None = None,
+             monitor: Monitor | None = None, config: PolicyConfig | None = None,
+             backend: str | None = None, precision: str = "fp32") -> Controller:
+        """Controller for a runtime: this device's lookup table (from `table`, else
+        $SNRT_LOOKUP_TABLES or ./lookup_tables), else FLOPs-proportional estimates that the
+        feedback rescales; SystemMonitor unless one is given."""
+        base, source = None, None
+        tbl = _find_table(table)
+        if tbl is not None:
+            key = bundle_key(rt.bundle)
+            es = tbl.select(key, backend or rt.backend_name, precision, rt.threads)
+            if es:
+                base = {e.variant: e.p50_ms for e in es}
+                source = f"lookup table {tbl.device.id}"
+            else:
+                log.warning("lookup table %s has no entries for %s/%s/%s threads=%d; using "
+                            "FLOPs estimates", tbl.device.id, key, backend or rt.backend_name,
+                            precision, rt.threads)
+        ids = {v.id for v in rt.variants}
+        if base is None:
+            # 1 ms per GFLOP is a placeholder scale; the contention feedback corrects it
+            base = {v.id: max(v.flops / 1e9, 1e-3) for v in rt.variants}
+            source = "FLOPs (no lookup table for this device)"
+        base = {k: v for k, v in base.items() if k in ids}
+        acc = {v.id: v.top1 for v in rt.variants if v.top1 is not None}
+        log.info("controller: latencies from %s, %d candidates", source, len(base))
+        ctl = cls(monitor or SystemMonitor(), base, acc or None, config=config or PolicyConfig())
+        ctl.source = source
+        return ctl
+
+    def _candidates(self) -> list[Candidate]:
+        ids = list(self.base_ms)
+        if self.accuracy:
+            ids = [i for i in ids if i in self.accuracy]
+            acc = self.accuracy
+        else:  # unknown accuracy: more FLOPs-equivalent time = more capacity (documented proxy)
+            acc = {i: self.base_ms[i] for i in ids}
+        cands = [Candidate(i, acc[i], self.base_ms[i]) for i in ids]
+        if self.config.pareto_only and self.accuracy:
+            from .lookup_table import Entry
+
+            es = [Entry("", c.id, 0, "", "", 1, c.base_ms, c.base_ms, accuracy=c.accuracy)
+                  for c in cands]
+            front = {e.variant for e in pareto_front(es)}
+            cands = [c for c in cands if c.id in front]
+        if not cands:
+            raise SnrtError("no variant has both a latency and an accuracy")
+        return sorted(cands, key=lambda c: c.base_ms)
+
+    # -- runtime hooks -----------------------------------------------------------------------
+    def attach(self, rt) -> None:
+        self._rt = rt
+        self._last_switch = self.clock()
+
+    def detach(self) -> None:
+        self._rt = None
+
+    def pin(self, variant: str | int) -> None:
+        """Hold one variant until unpin(); the controller keeps observing."""
+        rt = self._rt
+        if rt is None:
+            raise SnrtError("controller is not attached to a runtime")
+        v = rt.bundle.variant(variant)
+        self._pinned = v.id
+        rt.switch(v.id, reason="pinned by the app")
+
+    def unpin(self) -> None:
+        self._pinned = None
+        self._last_decide = -1e9
+
+    @property
+    def pinned(self) -> str | None:
+        return self._pinned
+
+    def observe(self, rt, rec) -> Decision | None:
+        """Called by the runtime after every frame: learn, then maybe switch."""
+        base = self.base_ms.get(rec.variant)
+        if base is not None and rec.batch == 1:
+            self.contention.update(rec.latency_ms, base)
+        if self._pinned is not None:
+            return None
+        now = self.clock()
+        if now - self._last_decide < self.decide_every_s:
+            return None
+        if not self._lock.acquire(blocking=False):  # another thread is deciding
+            return None
+        try:
+            self._last_decide = now
+            state = self.monitor.read()
+            d = decide(state, self.candidates, rt.current.id, self.contention.value, now,
+                       self._last_switch, self.config, self.dwell_s)
+            self._adapt_dwell(d, now)
+            if d.switch:
+                self._last_switch = now
+                if d.kind == "up":
+                    self._last_up = now
+                self.events.append(ControllerEvent(now, state.to_json(), _dec_json(d)))
+                rt.switch(d.target, reason=d.reason)
+            return d
+        finally:
+            self._lock.release()
+
+    def _adapt_dwell(self, d: Decision, now: float) -> None:
+        """Anti-flap: a step down soon after a step up means the step up was premature, so
+        wait twice as long before the next one; long stable stretches halve the wait again."""
+        cfg = self.config
+        if d.kind == "down" and now - self._last_up < 2 * self.dwell_s:
+            self.dwell_s = min(self.dwell_s * 2, cfg.max_dwell_s)
+        elif not d.switch and now - self._last_switch > 4 * self.dwell_s:
+            self.dwell_s = max(cfg.min_dwell_s, self.dwell_s / 2)
+            self._last_switch = now - 2 * self.dwell_s  # count the stretch only once
+
+    def set_config(self, **changes) -> None:
+        """Change thresholds at run time (e.g. target_fps from the app's UI)."""
+        self.config = replace(self.config, **changes)
+        self.candidates = self._candidates()
+
+    def status(self) -> dict:
+        rt = self._rt
+        state = self.monitor.read()
+        b = frame_budget(state, self.config)
+        return {"state": state.to_json(), "budget_ms": b.budget_ms, "budget_why": b.why,
+                "contention": self.contention.value, "pinned": self._pinned,
+                "dwell_s": self.dwell_s,
+                "current": rt.current.id if rt else None,
+                "candidates": [asdict(c) for c in self.candidates],
+                "config": asdict(self.config)}
+
+
+def _dec_json(d: Decision) -> dict:
+    return {"kind": d.kind, "target": d.target, "budget_ms": d.budget.budget_ms, "why": d.budget.why,
+            "contention": d.contention, "est_ms": d.est_ms, "reason": d.reason}
+
+
+def _find_table(table) -> LookupTable | None:
+    if isinstance(table, LookupTable):
+        return table
+    if table is not None:
+        return LookupTable.load(table)
+    for d in (os.environ.get("SNRT_LOOKUP_TABLES"), "lookup_tables",
+              Path(__file__).resolve().parents[1] / "lookup_tables"):
+        if not d:
+            continue
+        try:
+            return LookupTable.for_this_device(d)
+        except LookupTableError:
+            continue
+    return None
+
+
+__all__ = ["Budget", "Candidate", "ContentionEstimate", "Controller", "Decision",
+           "PolicyConfig", "decide", "frame_budget"]

@@ -1,0 +1,167 @@
+"""Controller: budget from power state, choice with hysteresis, feedback, runtime wiring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import snrt
+from snrt.controller import (
+    Candidate, ContentionEstimate, Controller, PolicyConfig, decide, frame_budget,
+)
+from snrt.monitor import PowerState, SimulatedClock, SimulatedMonitor
+
+CANDS = [Candidate("tiny", 80.0, 10.0), Candidate("mid", 85.0, 25.0),
+         Candidate("big", 90.0, 50.0)]
+
+
+def state(**kw) -> PowerState:
+    base = dict(battery_pct=None, plugged=None, power_saving=False, power_saving_source="none",
+                cpu_load_pct=0.0, cpu_freq_mhz=None, cpu_freq_max_mhz=None, temperature_c=None,
+                thermal_status=0, timestamp_s=0.0)
+    base.update(kw)
+    return PowerState(**base)
+
+
+def test_budget_scales_with_power_state():
+    cfg = PolicyConfig(target_fps=10, headroom=1.0)
+    assert frame_budget(state(), cfg).budget_ms == pytest.approx(100.0)
+    assert frame_budget(state(power_saving=True, power_saving_source="env"), cfg).budget_ms \
+        == pytest.approx(50.0)
+    assert frame_budget(state(battery_pct=15.0, plugged=False), cfg).budget_ms \
+        == pytest.approx(70.0)
+    assert frame_budget(state(battery_pct=5.0, plugged=False), cfg).budget_ms \
+        == pytest.approx(40.0)
+    assert frame_budget(state(battery_pct=5.0, plugged=True), cfg).budget_ms \
+        == pytest.approx(100.0)  # charging: battery level does not matter
+    assert frame_budget(state(thermal_status=3), cfg).budget_ms == pytest.approx(50.0)
+    both = frame_budget(state(power_saving=True, thermal_status=4), cfg)
+    assert both.budget_ms == pytest.approx(35.0) and "thermal" in both.why
+    # a machine without any sensors (all None) gets the normal budget
+    assert frame_budget(state(), cfg).why == "normal"
+
+
+def test_picks_most_accurate_that_fits():
+    cfg = PolicyConfig(target_fps=10, headroom=1.0, min_dwell_s=0, up_margin=0)
+    d = decide(state(), CANDS, "tiny", 1.0, 10.0, 0.0, cfg)
+    assert d.target == "big" and d.switch
+    d = decide(state(), CANDS, "big", 2.5, 10.0, 0.0, cfg)  # contention: big = 125 ms
+    assert d.target == "mid" and "over budget" in d.reason
+    d = decide(state(), CANDS, "big", 20.0, 10.0, 0.0, cfg)  # nothing fits: fastest
+    assert d.target == "tiny"
+    d = decide(state(power_saving=True, power_saving_source="app"), CANDS, "big", 1.1, 10.0,
+               0.0, cfg)  # budget 50 ms, big 55 ms
+    assert d.target == "mid" and "power-saving" in d.reason
+
+
+def test_step_up_waits_for_dwell_and_margin_but_step_down_does_not():
+    cfg = PolicyConfig(target_fps=10, headroom=1.0, min_dwell_s=5.0, up_margin=0.2)
+    # big needs 50*1.7 = 85 ms: fits the 100 ms budget but not with 20% to spare
+    d = decide(state(), CANDS, "mid", 1.7, 100.0, 0.0, cfg)
+    assert not d.switch
+    d = decide(state(), CANDS, "mid", 1.5, 100.0, 0.0, cfg)  # 75 ms: roomy
+    assert d.switch and d.target == "big"
+    d = decide(state(), CANDS, "mid", 1.5, 3.0, 0.0, cfg)  # roomy but too soon
+    assert not d.switch
+    d = decide(state(), CANDS, "big", 2.2, 0.5, 0.0, cfg)  # over budget: immediately
+    assert d.switch and d.target == "mid"
+
+
+class FakeRuntime:
+    def __init__(self, current):
+        self.current = type("V", (), {"id": current})()
+        self.switches = []
+
+    def switch(self, vid, reason=""):
+        self.current = type("V", (), {"id": vid})()
+        self.switches.append((vid, reason))
+
+
+def test_noisy_latencies_do_not_flap():
+    """Frame latencies noisy around the budget (±15%, 1 sigma) for 100 s of frames: the
+    hysteresis and the dwell backoff bound the switches, where a naive 'most accurate that
+    fits' picker flips hundreds of times."""
+    from snrt.runtime import FrameRecord
+
+    clock = SimulatedClock()
+    cfg = PolicyConfig(target_fps=10, headroom=1.0, min_dwell_s=2.0, up_margin=0.15)
+    ctl = Controller(SimulatedMonitor(clock=clock), {c.id: c.base_ms for c in CANDS},
+                     {c.id: c.accuracy for c in CANDS}, config=cfg, clock=clock)
+    rt = FakeRuntime("big")
+    ctl.attach(rt)
+    rng = np.random.default_rng(0)
+    naive = 0
+    for _ in range(1000):  # 10 frames/s
+        factor = 1.9 * (1 + rng.normal(0, 0.15))
+        cur = rt.current.id
+        ms = ctl.base_ms[cur] * factor
+        ctl.observe(rt, FrameRecord(clock(), cur, ms, ms, 1))
+        naive += (50 * factor <= 100) != (50 * 1.9 * (1 + rng.normal(0, 0.15)) <= 100)
+        clock.advance(0.1)
+    assert naive > 100
+    assert len(rt.switches) <= 12, rt.switches
+    assert ctl.dwell_s > cfg.min_dwell_s  # the backoff engaged
+
+
+def test_contention_rises_fast_and_decays_slowly():
+    e = ContentionEstimate()
+    e.update(20.0, 10.0)
+    assert e.value > 1.7  # one slow frame is almost fully believed
+    for _ in range(3):
+        e.update(10.0, 10.0)
+    assert 1.2 < e.value < 1.8  # recovery is gradual
+    for _ in range(60):
+        e.update(10.0, 10.0)
+    assert e.value == pytest.approx(1.0, abs=0.01)
+
+
+def test_runtime_steps_down_on_power_saving_and_pins(tiny_family):
+    clock = SimulatedClock()
+    mon = SimulatedMonitor(clock=clock)
+    rt = snrt.Runtime(tiny_family["bundle"], initial="ti")
+    ids = [v.id for v in rt.variants]
+    # synthetic table: latency grows with FLOPs; accuracy grows with FLOPs
+    base = {v.id: v.flops / 1e5 for v in rt.variants}
+    acc = {v.id: 50 + 40 * v.flops / max(x.flops for x in rt.variants) for v in rt.variants}
+    big = max(ids, key=lambda i: acc[i])
+    cfg = PolicyConfig(target_fps=1000 / (base[big] * 1.5), headroom=1.0, min_dwell_s=1.0)
+    ctl = Controller(mon, base, acc, config=cfg, clock=clock)
+    # the synthetic table is not this machine's: freeze the feedback at 1.0 so only the
+    # power state moves the choice
+    ctl.contention = ContentionEstimate(up_alpha=0.0, down_alpha=0.0)
+    events = []
+    rt.on_switch(events.append)
+    rt.set_controller(ctl)
+    x = np.zeros((3, 32, 32), np.float32)
+
+    def frames(n):
+        for _ in range(n):
+            rt.run(x)
+            clock.advance(0.1)
+
+    frames(30)
+    assert rt.current.id == big
+    mon.set_power_saving(True)
+    frames(3)
+    assert rt.current.id != big and base[rt.current.id] <= base[big] * 1.5 * 0.5
+    assert "power-saving" in events[-1].reason
+    ctl.pin("ti")
+    frames(20)
+    assert rt.current.id == "ti" and events[-1].reason == "pinned by the app"
+    ctl.unpin()
+    mon.set_power_saving(False)
+    frames(30)
+    assert rt.current.id == big
+    rt.close()
+
+
+def test_auto_without_table_uses_flops_and_no_sensors(tiny_family, tmp_path, monkeypatch):
+    monkeypatch.setenv("SNRT_LOOKUP_TABLES", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    rt = snrt.Runtime(tiny_family["bundle"], controller="auto")
+    assert "FLOPs" in rt.controller.source
+    for _ in range(5):
+        rt.infer(np.zeros((3, 32, 32), np.float32))
+    st = rt.controller.status()
+    assert st["budget_ms"] > 0 and st["current"] == rt.current.id
+    rt.close()
