@@ -1,0 +1,126 @@
+"""snrt-profile and lookup tables: protocol, resume, interruption, schema, merge, plot."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from snrt.bundle import Bundle
+from snrt.lookup_table import Entry, LookupTable, LookupTableError, pareto_front
+from snrt.lut_cli import main as lut_main
+from snrt.lut_cli import merge
+from snrt.profile import Profiler, Protocol, main, sample_variants
+
+FAST = Protocol(runs=3, warmup=1, min_seconds=0.0, max_seconds=5.0)
+
+
+def test_sample_keeps_anchors_and_spreads_over_flops(tiny_family):
+    vs = Bundle.open(tiny_family["bundle"]).variants
+    s = sample_variants(vs, "20%")
+    assert len(s) == 5 and {"ti", "s", "b"} <= {v.id for v in s}
+    flops = sorted(v.flops for v in s if ">" in v.id)
+    assert flops[0] < flops[-1]
+    assert len(sample_variants(vs, "7")) == 7
+    with pytest.raises(Exception, match="percentage"):
+        sample_variants(vs, "lots")
+
+
+def test_profile_measures_resumes_and_survives_interrupts(tiny_family, tmp_path, monkeypatch):
+    out = tmp_path / "dev.json"
+    prof = Profiler(tiny_family["bundle"], out, protocol=FAST, isolate=False)
+    items = prof.plan(prof.bundle.variants[:6], ["onnxruntime"], ["fp32"], [1])
+    assert len(items) == 6
+    calls = {"n": 0}
+    real = Profiler._measure
+
+    def flaky(self, *a):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(self, *a)
+
+    monkeypatch.setattr(Profiler, "_measure", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        prof.run(items, progress=False)
+    t = LookupTable.load(out)  # valid after the interruption, 3 entries kept
+    assert len(t.entries) == 3
+    monkeypatch.setattr(Profiler, "_measure", real)
+    prof2 = Profiler(tiny_family["bundle"], out, protocol=FAST, isolate=False)
+    rest = prof2.plan(prof2.bundle.variants[:6], ["onnxruntime"], ["fp32"], [1])
+    assert [v.id for *_, v in rest] == [v.id for v in prof2.bundle.variants[3:6]]
+    prof2.run(rest, progress=False)
+    t = LookupTable.load(out)
+    assert len(t.entries) == 6
+    for e in t.entries:
+        assert e.count >= 3 and e.min_ms <= e.p50_ms <= e.p90_ms <= e.p99_ms <= e.max_ms
+        assert e.load_ms > 0 and e.first_run_ms > 0 and e.peak_rss_mb > 10
+        assert "cpu_load_pct" in e.conditions and not e.predicted
+        assert e.placement in ("pieces", "graphs")
+
+
+def test_cli_isolated_workers_and_crash_recorded(tiny_family, tmp_path, monkeypatch):
+    out = tmp_path / "t.json"
+    assert main([str(tiny_family["bundle"]), "--variants", "ti", "s>b@1:1", "--runs", "3",
+                 "--min-seconds", "0", "--out", str(out), "--quiet"]) == 0
+    t = LookupTable.load(out)
+    assert {e.variant for e in t.entries} == {"ti", "s>b@1:1"}
+    # a worker that dies is recorded as an error entry, the profile goes on
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # shadow numpy in the worker only
+    (tmp_path / "numpy.py").write_text("raise SystemExit(3)\n")
+    assert main([str(tiny_family["bundle"]), "--variants", "b", "--runs", "3",
+                 "--min-seconds", "0", "--out", str(out), "--quiet"]) == 0
+    e = LookupTable.load(out).get(t.entries[0].bundle, "b")
+    assert e.error and "exited with 3" in e.error
+
+
+def test_schema_is_validated(tmp_path):
+    t = LookupTable.new()
+    t.put(Entry("fam@x", "a", 0, "onnxruntime", "fp32", 1, 2.0, 2.1))
+    p = t.save(tmp_path / "ok.json")
+    assert LookupTable.load(p).entries[0].p50_ms == 2.0
+    d = json.loads(p.read_text())
+    for bad, msg in [({**d, "schema_version": 7}, "schema version 7"),
+                     ({**d, "entries": d["entries"] * 2}, "duplicate"),
+                     ({**d, "entries": [{**d["entries"][0], "bogus": 1}]}, "unknown entry"),
+                     ({**d, "entries": [{**d["entries"][0], "p50_ms": -1}]}, "non-negative"),
+                     ({"schema": "other"}, "not an snrt lookup table")]:
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        with pytest.raises(LookupTableError, match=msg):
+            LookupTable.load(tmp_path / "bad.json")
+
+
+def test_predictions_never_replace_measurements_and_merge():
+    t = LookupTable.new()
+    m = Entry("f@x", "a", 0, "onnxruntime", "fp32", 1, 5.0, 5.0, timestamp="2026-01-01")
+    t.put(m)
+    t.put(Entry("f@x", "a", 0, "onnxruntime", "fp32", 1, 9.0, 9.0, predicted=True))
+    assert t.get("f@x", "a").p50_ms == 5.0
+    other = LookupTable(t.device)
+    other.put(Entry("f@x", "a", 0, "onnxruntime", "fp32", 1, 4.0, 4.0, timestamp="2026-02-01"))
+    other.put(Entry("f@x", "b", 1, "onnxruntime", "fp32", 1, 7.0, 7.0, timestamp="2026-02-01"))
+    merged = merge([t, other])
+    assert list(merged) == [t.device.id]
+    mt = merged[t.device.id]
+    assert mt.get("f@x", "a").p50_ms == 4.0 and mt.get("f@x", "b").p50_ms == 7.0
+
+
+def test_pareto_front():
+    es = [Entry("f", v, 0, "o", "fp32", 1, ms, ms, accuracy=acc)
+          for v, ms, acc in [("a", 1, 70), ("b", 2, 69), ("c", 3, 80), ("d", 4, 80),
+                             ("e", 5, 85)]]
+    assert [e.variant for e in pareto_front(es)] == ["a", "c", "e"]
+
+
+def test_show_and_plot(tiny_family, tmp_path, capsys):
+    out = tmp_path / "t.json"
+    assert main([str(tiny_family["bundle"]), "--variants", "ti", "s", "b", "--runs", "3",
+                 "--min-seconds", "0", "--out", str(out), "--quiet", "--in-process",
+                 "--plot", str(tmp_path / "p.png")]) == 0
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    assert lut_main(["show", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "onnxruntime fp32 threads=1" in text and " ti " in text
+    assert lut_main(["show", str(out), str(out)]) == 0
+    assert lut_main(["show", str(tmp_path / "missing.json")]) == 1
