@@ -159,20 +159,28 @@ def decide(state: PowerState, candidates: list[Candidate], current: str, content
 
 
 class ContentionEstimate:
-    """observed / table latency, learnt from frames: up fast, down slowly."""
+    """observed / table latency, learnt from frames. Up fast: as soon as the median of the
+    last `window` ratios exceeds the estimate, the estimate jumps to it (two slow frames in a
+    row with window 3: a lone scheduler spike is ignored). Down slowly: an EWMA with
+    `down_alpha` towards that median."""
 
-    def __init__(self, up_alpha: float = 0.8, down_alpha: float = 0.15, initial: float = 1.0):
-        self.up_alpha, self.down_alpha = up_alpha, down_alpha
+    def __init__(self, window: int = 3, down_alpha: float = 0.15, initial: float = 1.0,
+                 frozen: bool = False):
+        self.window, self.down_alpha, self.frozen = window, down_alpha, frozen
         self.value = initial
+        self._recent: collections.deque[float] = collections.deque(maxlen=window)
         self.n = 0
 
     def update(self, observed_ms: float, table_ms: float) -> float:
-        if table_ms <= 0:
+        if table_ms <= 0 or self.frozen:
             return self.value
-        r = max(observed_ms / table_ms, 0.05)
-        a = self.up_alpha if r > self.value else self.down_alpha
-        self.value += a * (r - self.value)
+        self._recent.append(max(observed_ms / table_ms, 0.05))
         self.n += 1
+        m = sorted(self._recent)[len(self._recent) // 2]
+        if m > self.value:
+            self.value = m
+        else:
+            self.value += self.down_alpha * (m - self.value)
         return self.value
 
 
