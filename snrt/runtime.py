@@ -118,7 +118,7 @@ class Runtime:
         first = self.bundle.variant(initial) if initial is not None else _default_initial(keep)
         self._active: tuple[VariantInfo, object] = (first, self._executor(first))
         self.load_seconds = time.monotonic() - t0
-        log.info("runtime ready: %d variants on %s in %.2fs, active %s", len(keep), backend,
+        log.debug("runtime ready: %d variants on %s in %.2fs, active %s", len(keep), backend,
                  self.load_seconds, first.id)
         self.controller = None
         if controller is not None:

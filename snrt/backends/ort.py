@@ -118,7 +118,7 @@ class OrtBackend:
         if placement == "auto":
             graph_bytes = sum(v.params for v in planned) * 4
             placement = "graphs" if graph_bytes <= AUTO_GRAPHS_MAX_BYTES else "pieces"
-            log.info("placement auto -> %s (whole graphs would hold %.0f MB of weights)",
+            log.debug("placement auto -> %s (whole graphs would hold %.0f MB of weights)",
                      placement, graph_bytes / 1e6)
         self.placement = placement
         self._pieces: dict[str, _Step] = {}

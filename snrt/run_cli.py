@@ -1,0 +1,165 @@
+"""snrt-run: the main job end to end on a bundle (default: the bundled default family).
+
+    snrt-run [BUNDLE] [--seconds 30] [--fps 30] [--tables lookup_tables/]
+
+1. opens and verifies the bundle, lists its variants (FLOPs, params, accuracy);
+2. profiles every variant on this device unless `--tables` already holds this device's table
+   (quick protocol; writes <tables>/<device-id>.json);
+3. runs frames from the bundle's sample images at `--fps` with the controller attached to a
+   simulated battery that drains from 100% to 5% over `--seconds`, power saving switching on at
+   30%; prints every switch and its reason, then a summary per battery band: variant used,
+   latency, and accuracy on the labelled sample images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SnrtError
+
+log = logging.getLogger("snrt.run")
+
+
+def _samples(bundle):
+    from .preprocess import load_image, preprocess_image
+
+    d = Path(bundle.path).parent / "samples"
+    files = sorted(d.glob("*.png")) if d.is_dir() else []
+    if not files:
+        rng = np.random.default_rng(0)
+        shape = tuple(bundle.manifest.input["shape"][1:])
+        return [(rng.standard_normal(shape).astype(np.float32), None) for _ in range(8)]
+    labels = bundle.labels or []
+    out = []
+    for f in files:
+        stem = f.stem.split("_")
+        lab = next((s for s in reversed(stem) if s in labels), None)
+        out.append((preprocess_image(load_image(f), bundle.preprocess), lab))
+    return out
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    ap = argparse.ArgumentParser(prog="snrt-run", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bundle", nargs="?", default="default",
+                    help="bundle directory, or 'default' (the bundled family)")
+    ap.add_argument("--seconds", type=float, default=30.0, help="simulated battery life")
+    ap.add_argument("--fps", type=float, default=None,
+                    help="target frame rate (default: what the most accurate variant can "
+                         "just sustain here, so that power saving has to step down)")
+    ap.add_argument("--tables", default="lookup_tables", help="lookup table directory")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    try:
+        return _run(args)
+    except SnrtError as e:
+        log.error("error: %s", e)
+        return 1
+
+
+def _run(args) -> int:
+    from .controller import Controller, PolicyConfig
+    from .device import describe_device
+    from .lookup_table import LookupTable, LookupTableError, bundle_key
+    from .monitor import SimulatedClock, SimulatedMonitor
+    from .profile import Profiler, Protocol, resolve_bundle
+    from .runtime import Runtime
+
+    t0 = time.monotonic()
+    path = resolve_bundle(args.bundle)
+    rt = Runtime(path, threads=args.threads)
+    b = rt.bundle
+    print(f"bundle {b.path} — family {b.name}, {len(b.variants)} variants, "
+          f"loaded and warmed in {rt.load_seconds:.1f}s")
+    anchors = [v for v in b.variants if v.is_anchor]
+    for v in anchors:
+        acc = f"{v.top1:.2f}%" if v.top1 is not None else "-"
+        print(f"  anchor {v.id:4s} {v.flops / 1e6:9.1f} MFLOPs {v.params / 1e6:6.3f} M params"
+              f"  top-1 {acc}")
+
+    # 2. this device's lookup table
+    dev = describe_device()
+    tpath = LookupTable.path_for(args.tables, dev)
+    key = bundle_key(b)
+    try:
+        table = LookupTable.load(tpath)
+        have = {e.variant for e in table.select(key, "onnxruntime", "fp32", args.threads)}
+    except LookupTableError:
+        table, have = None, set()
+    missing = [v for v in b.variants if v.id not in have]
+    if missing:
+        print(f"profiling {len(missing)} variants on {dev.id} -> {tpath}")
+        prof = Profiler(path, tpath, protocol=Protocol(runs=15, warmup=2, min_seconds=0.2,
+                                                       max_seconds=5), isolate=False)
+        prof.run(prof.plan(missing, ["onnxruntime"], ["fp32"], [args.threads]))
+        table = prof.table
+    else:
+        print(f"using lookup table {tpath}")
+    es = table.select(key, "onnxruntime", "fp32", args.threads)
+    base = {e.variant: e.p50_ms for e in es}
+    acc = {v.id: v.top1 for v in b.variants if v.top1 is not None}
+    best = max(acc, key=acc.get) if acc else max(base, key=base.get)
+    fps = args.fps or 1000.0 / (base[best] / 0.8 * 1.05)
+
+    # 3. controlled frame loop with a simulated battery
+    clock = SimulatedClock()
+    secs = args.seconds
+    mon = SimulatedMonitor(clock=clock, battery_start_pct=100.0,
+                           drain_pct_per_h=95.0 / secs * 3600,
+                           power_saving=[(0.0, False), (secs * 70 / 95, True)])
+    ctl = Controller(mon, base, acc or None, clock=clock,
+                     config=PolicyConfig(target_fps=fps, headroom=0.8, min_dwell_s=1.0))
+    rt.switch(best)
+    rt.on_switch(lambda e: print(f"  t={clock():5.1f}s battery "
+                                 f"{mon.read().battery_pct:5.1f}%  {e.from_id} -> {e.to_id}: "
+                                 f"{e.reason}"))
+    rt.set_controller(ctl)
+    samples = _samples(b)
+    print(f"running {secs:.0f}s of frames at {fps:.0f} FPS on {len(samples)} sample images; "
+          "battery 100% -> 5%, power saving from 30%")
+    recs = []
+    period = 1.0 / fps
+    t_start = time.perf_counter()
+    i = 0
+    while (now := time.perf_counter() - t_start) < secs:
+        clock.advance(now - clock())
+        x, label = samples[i % len(samples)]
+        res = rt.run(x)
+        pred = b.labels[int(np.argmax(res.logits))] if b.labels else None
+        recs.append((now, mon.read().battery_pct, res.variant.id, res.latency_ms,
+                     None if label is None else pred == label))
+        i += 1
+        sleep = t_start + i * period - time.perf_counter()
+        if sleep > 0:
+            time.sleep(sleep)
+    rt.close()
+    print("\nbattery  power-saving  frames  main variant      top-1(bundle)  p50 ms  "
+          "deadline miss  sample acc")
+    for hi, lo in ((100, 70), (70, 30), (30, 20), (20, 10), (10, 0)):
+        sel = [r for r in recs if lo < r[1] <= hi]
+        if not sel:
+            continue
+        used: dict[str, int] = {}
+        for r in sel:
+            used[r[2]] = used.get(r[2], 0) + 1
+        mv = max(used, key=used.get)
+        lat = np.array([r[3] for r in sel])
+        ok = [r[4] for r in sel if r[4] is not None]
+        print(f"{hi:3d}-{lo:<3d}  {'yes' if hi <= 30 else 'no':12s}  {len(sel):6d}  {mv:16s}  "
+              f"{(f'{acc[mv]:.2f}%' if mv in acc else '-'):>13s}  {np.median(lat):6.2f}  "
+              f"{100 * np.mean(lat > 1000 / fps):12.1f}%  "
+              f"{(f'{100 * np.mean(ok):.0f}%' if ok else '-'):>10s}")
+    print(f"\n{len(recs)} frames, {len(rt.switches()) - 1} switches, "
+          f"total {time.monotonic() - t0:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
