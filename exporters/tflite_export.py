@@ -7,18 +7,19 @@ each file verified against the bundle's ONNX graph in the runtime that will serv
 
 Needs the `tflite` extra (tensorflow-cpu for the converter, ai-edge-litert to verify).
 
-How (chosen by measurement, see /work/shared/notes/tflite-on-this-machine.md and the report of
-issue 5): each variant's route is rebuilt in TensorFlow ops straight from the bundle's numpy
-weights (`Bundle.load_family()`), op for op like `exporters/onnx_graph.py` (pre-norm blocks,
-exact erf GELU, linear stitching layer, stitched routes skip the final LayerNorm), saved as a
-SavedModel (weights as variables: captured constants made the converter need 30x the model in
-memory) and converted with `tf.lite.TFLiteConverter` restricted to TFLITE_BUILTINS. That took 5-10 s per DeiT-Ti/S
-variant here and matched onnxruntime to ~1e-6 in fp32; onnx2tf from the ONNX graphs needed
-pinned old versions, extra flags to avoid Flex ops and 13-18 min / 20 GB for ViT-B.
+How (chosen by measurement, see shared/notes/tflite-on-this-machine.md and the report of issue
+5): each variant's route is rebuilt in TensorFlow ops straight from the bundle's numpy weights
+(`Bundle.load_family()`), op for op like `exporters/onnx_graph.py` (pre-norm blocks, exact erf
+GELU, linear stitching layer, stitched routes skip the final LayerNorm), saved as a SavedModel
+(weights as variables: captured constants made the converter need 30x the model in memory) and
+converted with `tf.lite.TFLiteConverter` restricted to TFLITE_BUILTINS. Per file that took 8-14 s
+for DeiT-Ti/S and 20-42 s for DeiT-B on this (shared, loaded) 2-vCPU machine, at most 6.1 GB of
+memory (DeiT-B), and matched onnxruntime to ~2e-6 relative in fp32; onnx2tf from the ONNX graphs
+needed pinned old versions, extra flags to avoid Flex ops and 13-18 min / 20 GB for ViT-B.
 Graph choices that matter for XNNPACK (LiteRT's CPU delegate), all measured:
 - attention splits q/k/v with a 3-D SPLIT and 4-D reshapes/transposes: indexing the 5-D qkv
   tensor (timm's way) produced 5-D STRIDED_SLICEs that XNNPACK does not take, cutting the graph
-  into 14 partitions and costing ~25% latency;
+  into 14 partitions and costing ~20-25% latency;
 - the class token is read as `x[:, :1]` + reshape (a shrinking strided slice stayed outside the
   delegate);
 - static batch 1 (the runner loops over a batch; batching gained nothing at 1 thread) and NCHW

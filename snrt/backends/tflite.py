@@ -34,15 +34,17 @@ tensors are shared state). Each runner holds a lock around set-input/invoke/get-
 concurrent `run()` calls on one runner are safe and serialised; use one runner per thread for
 parallel inference of the same variant (each costs the memory below).
 
-Memory (measured, ai-edge-litert 2.3, XNNPACK, DeiT-Ti 224px; see benchmarks/tflite_bench.py
---memory): TFLite files cannot share weights across variants the way the ONNX pieces do, and
-XNNPACK repacks float weights into its own buffers. Per loaded variant, RSS grows by about
-  fp32: 2.2x the file size (22.8 MB file -> +50 MB: mmapped file + packed copy + arena),
-  fp16: 4x the file size (11.4 MB file -> +45 MB: weights are unpacked to fp32 at load),
-  int8: 3x the file size (6.1 MB file -> +17 MB: int8 weights stay int8).
-So N ready variants cost roughly N times that (a DeiT-B fp32 file is 346 MB -> ~0.75 GB each);
-the runtime should load TFLite variants lazily (`Runtime(lazy=True)`) or keep only the few the
-controller may switch to.
+Memory (measured with `python -m benchmarks.tflite_bench --memory`, ai-edge-litert 2.3 +
+XNNPACK, DeiT-Ti/S/B at 224 px): TFLite files cannot share weights across variants the way the
+ONNX pieces do, and XNNPACK repacks weights into its own buffers, so each loaded variant costs
+RSS of about (file mapped + packed copy + arena):
+  fp32: 2.0x its file (DeiT-Ti 23 MB -> +63 MB, DeiT-S 88 -> +181, DeiT-B 346 -> +699 MB),
+  fp16: 3.1x its file (float16 weights are unpacked to float32: DeiT-B 173 MB -> +539 MB),
+  int8: 2.1x its file (weights stay int8: DeiT-B 88 MB -> +185 MB).
+N ready variants cost N times that (five DeiT variants: 1.57 GB fp32, 1.21 GB fp16, 0.44 GB
+int8). The mapped part is clean page cache the OS can drop, but the packed copy is not. So the
+runtime should load TFLite variants lazily (`Runtime(lazy=True)`), keep only the few the
+controller may switch to, and prefer int8 when memory is tight.
 """
 
 from __future__ import annotations
