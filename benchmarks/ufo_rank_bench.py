@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> None:
           "(best of the 5 averaged: rho = linear weight, ell, noise ratio, LOO mse):")
     for t, sel in zip(tasks, chosen):
         s = sel[0]
-        print(f"  {t:11s} rho={s.linear_weight:<4g} ell={s.lengthscale:<4g} "
+        ell = "-" if s.linear_weight == 1 else f"{s.lengthscale:g}"  # unused by a linear kernel
+        print(f"  {t:11s} rho={s.linear_weight:<4g} ell={ell:<4s} "
               f"noise={s.noise_ratio:.4f} loo_mse={s.loo_mse:.3f}")
 
     try:

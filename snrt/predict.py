@@ -213,7 +213,7 @@ def _lbfgs(fun_grad: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.nd
 class GaussianProcessRegressor:
     """Bayesian linear mean plus a GP correction, for small regression tables.
 
-    On standardised inputs x~ and outputs, the prior is
+    On inputs centred and divided by their range (x~) and standardised outputs, the prior is
     ``f(x) = b + w.x~ + g(x)``, ``b ~ N(0, 1)``, ``w ~ N(0, s_lin/d I)``,
     ``g ~ GP(0, s_rbf exp(-0.5 sum_k (x~_k - x~'_k)^2 / l_k^2))``, observed with Gaussian noise.
     (A Gaussian prior on linear weights is the same as a linear kernel; see Rasmussen and
@@ -227,6 +227,10 @@ class GaussianProcessRegressor:
         noise_var: fix the noise variance (in standardised output units); None = fit it.
         log_target: model log(y) (positive targets such as latency; errors become relative).
         restarts: number of starting points of the optimiser.
+
+    After `fit`: ``hyperparameters_`` (in the scaled units above), ``noise_var_`` (noise
+    variance in units of y, or of log y with `log_target`), ``objective_`` (negative log
+    marginal likelihood plus the hyperprior terms, at the optimum).
     """
 
     _BOUNDS: ClassVar[dict[str, tuple[float, float]]] = {
@@ -385,6 +389,7 @@ class GaussianProcessRegressor:
         self._alpha = np.linalg.solve(self._L.T, np.linalg.solve(self._L, self._ys))
         self._noise = math.exp(p["noise"])
         self._p = p
+        self.noise_var_ = self._noise * self._y_std ** 2
 
     def predict(self, X: np.ndarray, *, include_noise: bool = False
                 ) -> tuple[np.ndarray, np.ndarray]:
