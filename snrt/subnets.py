@@ -194,6 +194,7 @@ class ElasticSubnet:
         return embed + blocks + 5 * n * d + d * num_classes
 
     def block_params(self, b: int, space: SubnetSpace = UFO_VIT_B) -> int:
+        """Parameters of block `b`: qkv, proj, MLP (weights and biases), two LayerNorms."""
         d = self.embed_dim
         a = self.num_heads[b] * space.head_dim
         hidden = round(self.mlp_ratio[b] * d)
