@@ -3,6 +3,7 @@
     snrt-export stitch --anchors ti.safetensors s.safetensors b.safetensors \\
         (--stitch-weights snnet.pth | --calibrate images/) --out deit.snrt
     snrt-export stitch --snnet snnet_deit.safetensors --out deit.snrt
+    snrt-export tflite deit.snrt --precisions fp32,int8
     snrt-export info deit.snrt
     snrt-export --list
 """
@@ -72,6 +73,22 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="replace an existing bundle")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    t = sub.add_parser(
+        "tflite", help="add TFLite files (fp32, fp16, int8) to a bundle, verified",
+        description="Convert a bundle's variants to builtin-ops TFLite files and verify each "
+                    "one in ai-edge-litert against the ONNX graph; files over tolerance are "
+                    "refused. Needs: pip install 'snrt[tflite]'. Resumes: files already "
+                    "recorded with the same settings are skipped.")
+    t.add_argument("bundle")
+    t.add_argument("--precisions", default="fp32,fp16,int8",
+                   help="comma list of fp32,fp16,int8 (default all three)")
+    t.add_argument("--variants", nargs="+", metavar="ID", help="ids or cfg_ids (default all)")
+    t.add_argument("--images", metavar="DIR", help="verify on these images (default: seeded "
+                                                   "random inputs)")
+    t.add_argument("--n-inputs", type=int, default=8, help="verification inputs (default 8)")
+    t.add_argument("--force", action="store_true", help="re-export recorded files")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+
     i = sub.add_parser("info", help="describe a bundle and verify its files",
                        description="Print a bundle's family, variants and files; verify hashes.")
     i.add_argument("bundle")
@@ -95,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             return _stitch(args, argv)
         if args.command == "info":
             return _info(args)
+        if args.command == "tflite":
+            return _tflite(args)
     except SnrtError as e:
         log.error("error: %s", e)
         return 1
@@ -185,6 +204,19 @@ def _adopt_stitch_layers(family: Family, donor: Family, space: VariantSpace) -> 
         if pair not in donor.stitch_layers:
             raise SnrtError(f"--stitch-weights: no stitching layers for anchors {pair}")
         family.stitch_layers[pair] = donor.stitch_layers[pair]
+
+
+def _tflite(args) -> int:
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ logs are noisy
+    from .tflite_export import export_tflite
+
+    report = export_tflite(args.bundle, [p.strip() for p in args.precisions.split(",")],
+                           variants=args.variants, images=args.images,
+                           n_inputs=args.n_inputs, force=args.force, progress=not args.quiet)
+    print(report.table())
+    return 0 if report.ok else 1
 
 
 def _info(args) -> int:

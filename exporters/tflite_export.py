@@ -61,10 +61,10 @@ from pathlib import Path
 import numpy as np
 
 from snrt.backends.tflite import TFLiteRunner, load_engine, read_tflite_info
-from snrt.bundle import MANIFEST, Bundle, Manifest, VariantInfo, record_file, update_manifest
+from snrt.bundle import Bundle, Manifest, VariantInfo, record_file, update_manifest
 from snrt.errors import BundleError, InputError, MissingExtraError, ModelFileError, SnrtError
 from snrt.family import Family
-from snrt.fileio import atomic_write_bytes, atomic_write_json, sha256_file
+from snrt.fileio import atomic_write_bytes, sha256_file
 from snrt.progress import Progress
 from snrt.variants import Piece
 from snrt.version import __version__
@@ -631,19 +631,18 @@ def _open_for_export(path: Path) -> Bundle:
 
 
 def _drop_record(bundle_path: Path, variant_id: str, prec: str, rel: str) -> bool:
-    """Remove the manifest record of a variant/precision (and `rel` from the file table).
+    """Remove the manifest record of a variant/precision (and `rel` from the file table),
+    without checking the listed files first: this is for bundles where one is damaged."""
+    dropped = {}
 
-    Not through update_manifest: that first checks every listed file's size, so it would refuse
-    exactly the bundles this is for (a recorded file that is damaged or about to be replaced)."""
-    b = Bundle.open(bundle_path, verify=False)
-    recs = b.variant(variant_id).exports.get("tflite", {})
-    if prec not in recs and rel not in b.manifest.files:
-        return False
-    target = next(m for m in b.manifest.variants if m.id == variant_id)
-    old = target.exports.get("tflite", {}).pop(prec, None)
-    for f in {rel, (old or {}).get("file")} - {None}:
-        b.manifest.files.pop(f, None)
-    if "tflite" in target.exports and not target.exports["tflite"]:
-        del target.exports["tflite"]
-    atomic_write_json(b.path / MANIFEST, b.manifest.to_json())
-    return old is not None
+    def mutate(m: Manifest, _path: Path) -> None:
+        target = next(v for v in m.variants if v.id == variant_id)
+        old = target.exports.get("tflite", {}).pop(prec, None)
+        dropped["old"] = old
+        for f in {rel, (old or {}).get("file")} - {None}:
+            m.files.pop(f, None)
+        if "tflite" in target.exports and not target.exports["tflite"]:
+            del target.exports["tflite"]
+
+    update_manifest(bundle_path, mutate, verify=False)
+    return dropped.get("old") is not None

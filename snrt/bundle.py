@@ -336,12 +336,13 @@ class BundleWriter:
             self.abort()
 
 
-def update_manifest(path: str | os.PathLike, mutate) -> Manifest:
+def update_manifest(path: str | os.PathLike, mutate, *, verify: bool | str = "size") -> Manifest:
     """Apply `mutate(manifest, bundle_path)` to a bundle's manifest and rewrite it atomically.
 
     For steps that add to an existing bundle (accuracy measurement, TFLite export): files they
-    add must already be in place; `mutate` records them via `record_file`."""
-    bundle = Bundle.open(path, verify="size")
+    add must already be in place; `mutate` records them via `record_file`. verify=False lets a
+    repair step rewrite the manifest of a bundle whose listed files are damaged."""
+    bundle = Bundle.open(path, verify=verify)
     mutate(bundle.manifest, bundle.path)
     atomic_write_json(bundle.path / MANIFEST, bundle.manifest.to_json())
     return bundle.manifest

@@ -97,6 +97,9 @@ class Runtime:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle, verify=verify)
         keep = self.bundle.variants if variants is None else [self.bundle.variant(k)
                                                                 for k in variants]
+        if variants is None and backend == "tflite":  # only what has been exported
+            prec = backend_options.get("precision", "fp32")
+            keep = [v for v in keep if prec in v.exports.get("tflite", {})] or keep
         if not keep:
             raise SnrtError("Runtime needs at least one variant")
         self._ready_set = {v.id: v for v in keep}

@@ -212,7 +212,7 @@ def test_snnet_checkpoint_read_directly(tiny_family, tmp_path):
 
 
 def test_cli_help_for_every_command(capsys):
-    for argv in (["--help"], ["stitch", "--help"], ["info", "--help"]):
+    for argv in (["--help"], ["stitch", "--help"], ["info", "--help"], ["tflite", "--help"]):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 0
