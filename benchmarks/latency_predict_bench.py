@@ -1,0 +1,101 @@
+"""Latency predictor benchmark (issue 6): from 20% of a bundle's variants profiled, how many of
+the rest are predicted within ±5% of their measured p50?
+
+    python -m benchmarks.latency_predict_bench --bundle B.snrt --table lookup_tables/DEV.json \\
+        [--repeat-table OTHER.json] [--splits 20]
+
+Needs a table where every variant was measured (snrt-profile without --sample). Rows:
+snrt's own sample (anchors + variants spread over FLOPs, what `snrt-profile --sample 20%`
+measures) and `--splits` random 20% samples that include the anchors. The optional second,
+independent measurement of the same variants gives the noise floor: how often two
+measurements of the same variant agree within ±5%, which bounds what any predictor can score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+
+import numpy as np
+
+from benchmarks.common import table as fmt_table
+
+
+def evaluate(bundle, measured: dict[str, float], train_ids: list[str]) -> dict:
+    from snrt.latency_model import fit_predict
+
+    targets = [bundle.variant(v) for v in measured if v not in train_ids]
+    mean, std = fit_predict(bundle, {k: measured[k] for k in train_ids}, targets)
+    truth = np.array([measured[v.id] for v in targets])
+    rel = np.abs(mean / truth - 1)
+    z = np.abs(mean - truth) / np.maximum(std, 1e-12)
+    return {"within5": float(np.mean(rel <= 0.05)), "within10": float(np.mean(rel <= 0.10)),
+            "median": float(np.median(rel)), "max": float(rel.max()),
+            "cover2s": float(np.mean(z <= 2))}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", required=True)
+    ap.add_argument("--table", required=True)
+    ap.add_argument("--repeat-table", help="a second, independent profile of the same bundle")
+    ap.add_argument("--backend", default="onnxruntime")
+    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--fraction", type=float, default=0.2)
+    ap.add_argument("--splits", type=int, default=20)
+    args = ap.parse_args(argv)
+
+    from snrt.bundle import Bundle
+    from snrt.lookup_table import LookupTable, bundle_key
+    from snrt.profile import sample_variants
+
+    b = Bundle.open(args.bundle, verify="size")
+    key = bundle_key(b)
+
+    def measured_of(path):
+        es = LookupTable.load(path).select(key, args.backend, args.precision, args.threads,
+                                           measured_only=True)
+        return {e.variant: e.p50_ms for e in es}
+
+    measured = measured_of(args.table)
+    if len(measured) < len(b.variants):
+        print(f"# warning: {len(measured)} of {len(b.variants)} variants measured")
+    n_train = math.ceil(len(b.variants) * args.fraction)
+    rows = []
+    t0 = time.monotonic()
+    ours = [v.id for v in sample_variants(b.variants, str(n_train)) if v.id in measured]
+    r = evaluate(b, measured, ours)
+    rows.append({"sample": f"snrt --sample ({len(ours)} variants)", **r})
+    anchors = [v.id for v in b.variants if v.is_anchor and v.id in measured]
+    others = [v for v in measured if v not in anchors]
+    res = []
+    for seed in range(args.splits):
+        rng = np.random.default_rng(seed)
+        pick = list(rng.choice(others, n_train - len(anchors), replace=False))
+        res.append(evaluate(b, measured, anchors + pick))
+    agg = {k: float(np.mean([x[k] for x in res])) for k in res[0]}
+    agg_min = float(np.min([x["within5"] for x in res]))
+    rows.append({"sample": f"random {n_train} incl. anchors, mean of {args.splits}", **agg})
+    rows.append({"sample": "  (worst split)", "within5": agg_min})
+    if args.repeat_table:
+        rep = measured_of(args.repeat_table)
+        common = [k for k in measured if k in rep]
+        rel = np.abs(np.array([rep[k] / measured[k] - 1 for k in common]))
+        rows.append({"sample": f"noise floor: 2nd measurement ({len(common)})",
+                     "within5": float(np.mean(rel <= 0.05)),
+                     "within10": float(np.mean(rel <= 0.10)), "median": float(np.median(rel)),
+                     "max": float(rel.max())})
+    print(f"# {b.name}: {len(measured)} measured variants, {args.backend}/{args.precision}/"
+          f"{args.threads}t, train {n_train} ({args.fraction:.0%}); {time.monotonic() - t0:.1f}s")
+    print(fmt_table(rows, ["sample", "within5", "within10", "median", "max", "cover2s"]))
+    print("within5/within10: share of held-out variants within ±5%/±10% of measured p50; "
+          "median/max: relative error; cover2s: share inside the predicted ±2 sigma")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

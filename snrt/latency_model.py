@@ -1,0 +1,76 @@
+"""Latency of the variants that were not profiled, predicted from the ones that were.
+
+In the spirit of GP-NAS / nn-Meter: a variant's latency is nearly additive in the pieces it
+runs (blocks of each anchor, stitching layers, embedding and head), so the features are the
+variant's structure — GFLOPs, number of blocks run of each anchor, number of stitching layers
+(the number of pieces, i.e. session hops, is their sum plus two: already covered) — and the model is snrt.predict.GaussianProcessRegressor: a
+Bayesian linear part (the additive costs) plus a GP correction for what is not additive (cache
+pressure, chain effects), in milliseconds (costs add up there, not in log space). Each
+prediction carries the GP's 1-sigma uncertainty. Fitted separately for every (backend, precision, threads) in the
+table; `snrt-profile --sample 20%` measures the anchors plus variants spread over FLOPs, which
+is what this model needs (extrapolating to anchors from stitched variants alone is where its
+errors were largest).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from .bundle import Bundle, VariantInfo
+from .lookup_table import Entry, LookupTable, bundle_key
+from .predict import GaussianProcessRegressor
+
+log = logging.getLogger(__name__)
+
+MIN_MEASURED = 4
+
+
+def variant_features(bundle: Bundle, variants: list[VariantInfo]) -> np.ndarray:
+    """[GFLOPs, blocks of anchor 0..n-1, stitching layers] per variant."""
+    names = [a["name"] for a in bundle.manifest.family["anchors"]]
+    rows = []
+    for v in variants:
+        kinds = [bundle.piece(p) for p in v.pieces]
+        blocks = [sum(p.kind == "block" and p.anchor == a for p in kinds) for a in names]
+        rows.append([v.flops / 1e9, *blocks, sum(p.kind == "stitch" for p in kinds)])
+    return np.asarray(rows, dtype=np.float64)
+
+
+def fit_predict(bundle: Bundle, measured: dict[str, float], targets: list[VariantInfo]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Fit on {variant id: latency ms}; return (mean ms, 1-sigma ms) for `targets`."""
+    train = [bundle.variant(k) for k in measured]
+    X, y = variant_features(bundle, train), np.array([measured[v.id] for v in train])
+    gp = GaussianProcessRegressor().fit(X, y)
+    mean, std = gp.predict(variant_features(bundle, targets))
+    return mean, std
+
+
+def predict_table(table: LookupTable, bundle: Bundle) -> int:
+    """Add a predicted entry for every variant of `bundle` without a measurement, for each
+    (backend, precision, threads) that has at least MIN_MEASURED measurements. Returns the
+    number of predictions written."""
+    key = bundle_key(bundle)
+    n = 0
+    for backend, precision, threads in table.configs(key):
+        es = table.select(key, backend, precision, threads, measured_only=True)
+        if len(es) < MIN_MEASURED:
+            log.warning("%s/%s/%dt: %d measurements, need %d to predict the rest", backend,
+                        precision, threads, len(es), MIN_MEASURED)
+            continue
+        measured = {e.variant: e.p50_ms for e in es}
+        targets = [v for v in bundle.variants if v.id not in measured]
+        if not targets:
+            continue
+        mean, std = fit_predict(bundle, measured, targets)
+        for v, m, s in zip(targets, mean, std):
+            table.put(Entry(bundle=key, variant=v.id, cfg_id=v.cfg_id, backend=backend,
+                            precision=precision, threads=threads, p50_ms=float(m),
+                            mean_ms=float(m), flops=v.flops, params=v.params, accuracy=v.top1,
+                            predicted=True, uncertainty_ms=float(s),
+                            conditions={"model": "GP on variant structure",
+                                        "trained_on": len(measured)}))
+            n += 1
+    return n
