@@ -15,7 +15,6 @@ import onnxruntime as ort
 from snrt.bundle import BundleWriter, Manifest, PieceInfo, VariantInfo
 from snrt.family import Family
 from snrt.progress import Progress
-from snrt.stitch_fit import FeatureFn
 from snrt.variants import Piece, VariantSpace
 
 from .onnx_graph import WEIGHTS_FILE, GraphBuilder, WeightStore

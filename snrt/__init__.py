@@ -6,7 +6,12 @@ Runtime <- Controller <- Monitor.
 
 from .bundle import Bundle, VariantInfo
 from .errors import (
-    BundleError, InputError, MissingExtraError, ModelFileError, SnrtError, UnknownVariantError,
+    BundleError,
+    InputError,
+    MissingExtraError,
+    ModelFileError,
+    SnrtError,
+    UnknownVariantError,
     UnsupportedModelError,
 )
 from .runtime import FrameRecord, Result, Runtime, SwitchEvent

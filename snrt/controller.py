@@ -349,7 +349,8 @@ class Controller:
 
 
 def _dec_json(d: Decision) -> dict:
-    return {"kind": d.kind, "target": d.target, "budget_ms": d.budget.budget_ms, "why": d.budget.why,
+    return {"kind": d.kind, "target": d.target, "budget_ms": d.budget.budget_ms,
+            "why": d.budget.why,
             "contention": d.contention, "est_ms": d.est_ms, "reason": d.reason}
 
 

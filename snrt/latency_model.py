@@ -3,13 +3,13 @@
 In the spirit of GP-NAS / nn-Meter: a variant's latency is nearly additive in the pieces it
 runs (blocks of each anchor, stitching layers, embedding and head), so the features are the
 variant's structure — GFLOPs, number of blocks run of each anchor, number of stitching layers
-(the number of pieces, i.e. session hops, is their sum plus two: already covered) — and the model is snrt.predict.GaussianProcessRegressor: a
-Bayesian linear part (the additive costs) plus a GP correction for what is not additive (cache
-pressure, chain effects), in milliseconds (costs add up there, not in log space). Each
-prediction carries the GP's 1-sigma uncertainty. Fitted separately for every (backend, precision, threads) in the
-table; `snrt-profile --sample 20%` measures the anchors plus variants spread over FLOPs, which
-is what this model needs (extrapolating to anchors from stitched variants alone is where its
-errors were largest).
+(the number of pieces, i.e. session hops, is their sum plus two: already covered) — and the
+model is snrt.predict.GaussianProcessRegressor: a Bayesian linear part (the additive costs) plus
+a GP correction for what is not additive (cache pressure, chain effects), in milliseconds (costs
+add up there, not in log space). Each prediction carries the GP's 1-sigma uncertainty. Fitted
+separately for every (backend, precision, threads) in the table; `snrt-profile --sample 20%`
+measures the anchors plus variants spread over FLOPs, which is what this model needs
+(extrapolating to anchors from stitched variants alone is where its errors were largest).
 """
 
 from __future__ import annotations

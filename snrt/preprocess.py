@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +132,18 @@ def _check_float(x: np.ndarray, shape: tuple) -> None:
     if tuple(x.shape) != shape:
         raise InputError(f"preprocessed input must have shape {shape} (CxHxW) or "
                          f"(B, {', '.join(map(str, shape))}); got {tuple(x.shape)}")
+
+
+def label_from_name(stem: str, labels: Sequence[str] | None) -> str | None:
+    """The label a sample's file name carries: a token equal to a label ("cat_01" -> "cat"),
+    or a word followed by a label ("digit3_row1502" -> "3"). None when there is none."""
+    if not labels:
+        return None
+    known = set(labels)
+    for token in re.split(r"[_\-\s.]+", stem):
+        if token in known:
+            return token
+        m = re.fullmatch(r"[A-Za-z]+(\w+)", token)
+        if m and m.group(1) in known:
+            return m.group(1)
+    return None

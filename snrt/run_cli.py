@@ -27,7 +27,7 @@ log = logging.getLogger("snrt.run")
 
 
 def _samples(bundle):
-    from .preprocess import load_image, preprocess_image
+    from .preprocess import label_from_name, load_image, preprocess_image
 
     d = Path(bundle.path).parent / "samples"
     files = sorted(d.glob("*.png")) if d.is_dir() else []
@@ -38,9 +38,8 @@ def _samples(bundle):
     labels = bundle.labels or []
     out = []
     for f in files:
-        stem = f.stem.split("_")
-        lab = next((s for s in reversed(stem) if s in labels), None)
-        out.append((preprocess_image(load_image(f), bundle.preprocess), lab))
+        out.append((preprocess_image(load_image(f), bundle.preprocess),
+                    label_from_name(f.stem, labels)))
     return out
 
 

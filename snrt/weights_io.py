@@ -143,7 +143,7 @@ def _read_torch(path: Path) -> StateDict:
         raise MissingExtraError(f"reading {path.suffix} checkpoints", "torch", "torch") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types: unpickling refused, zip errors, ...
+    except Exception as e:  # noqa: BLE001 - torch raises many types (unpickling refused, zip)
         raise ModelFileError(
             f"{path}: cannot be read with torch.load(weights_only=True): {e}. "
             "snrt does not unpickle arbitrary objects; convert the checkpoint to .safetensors"

@@ -7,7 +7,12 @@ import pytest
 
 import snrt
 from snrt.controller import (
-    Candidate, ContentionEstimate, Controller, PolicyConfig, decide, frame_budget,
+    Candidate,
+    ContentionEstimate,
+    Controller,
+    PolicyConfig,
+    decide,
+    frame_budget,
 )
 from snrt.monitor import PowerState, SimulatedClock, SimulatedMonitor
 

@@ -8,8 +8,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
 from conftest import DEIT, reference_logits, state_dict_np, timm_vit
+
 from exporters.cli import main
 from snrt.bundle import Bundle
 from snrt.weights_io import write_safetensors

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import state_dict_np, timm_vit
+
 from snrt.errors import ModelFileError, UnsupportedModelError
 from snrt.family import config_from_state_dict, family_from_snnet_checkpoint, load_anchor
 from snrt.weights_io import read_safetensors, read_state_dict, write_safetensors

@@ -21,3 +21,19 @@ def test_snrt_run_profiles_then_runs(tiny_family, tmp_path, capsys):
 def test_snrt_run_reports_missing_bundle(tmp_path, caplog):
     assert main([str(tmp_path / "nope.snrt"), "--seconds", "1"]) == 1
     assert "no such bundle" in caplog.text
+
+
+def test_default_bundle_samples_carry_their_labels():
+    import snrt
+    from snrt.bundle import Bundle
+    from snrt.preprocess import label_from_name
+    from snrt.run_cli import _samples
+
+    b = Bundle.open(snrt.default_bundle(), verify="size")
+    samples = _samples(b)
+    assert len(samples) == 20
+    assert sorted(lab for _, lab in samples) == sorted(b.labels * 2)
+    assert samples[0][0].shape == tuple(b.manifest.input["shape"][1:])
+    assert label_from_name("digit3_row1502", b.labels) == "3"
+    assert label_from_name("cat_01", ["cat", "dog"]) == "cat"
+    assert label_from_name("row1502", b.labels) is None

@@ -1,8 +1,8 @@
 """VariantSpace against SN-Net's published table and its enumeration rules."""
 
 import pytest
-
 from conftest import snnet_reference
+
 from snrt.errors import UnknownVariantError
 from snrt.family import ViTConfig
 from snrt.variants import VariantSpace, paired_stitching

@@ -49,7 +49,7 @@ def create_backend(name: str, bundle, **options):
     try:
         mod = importlib.import_module(module)
     except ImportError as e:
-        if extra and pkg in str(e) or "tflite" in str(e):
+        if (extra and pkg in str(e)) or "tflite" in str(e):
             raise MissingExtraError(f"the '{name}' backend", pkg, extra) from None
         raise
     return getattr(mod, cls)(bundle, **options)

@@ -50,7 +50,7 @@ def _ensure_env_arena() -> bool:
             try:
                 ort.create_and_register_allocator(mem, ort.OrtArenaCfg(0, -1, -1, -1))
                 _env_arena = True
-            except Exception as e:  # an onnxruntime build without env allocators
+            except Exception as e:  # noqa: BLE001 - a build without env allocators
                 log.warning("shared onnxruntime arena unavailable (%s); each session gets "
                             "its own arena, which costs memory", e)
                 _env_arena = None
@@ -73,7 +73,7 @@ def open_session(path, threads: int, shared_arena: bool = True) -> ort.Inference
     try:
         return ort.InferenceSession(str(path), session_options(threads, shared_arena),
                                     providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises several types for unreadable models
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises several types here
         raise BundleError(f"{path}: onnxruntime cannot load it ({type(e).__name__}: "
                           f"{str(e)[:200]}); re-export the bundle") from None
 

@@ -1,0 +1,1 @@
+"""Demo applications built on snrt (see demos/camera: the power-saving camera app)."""
