@@ -12,9 +12,11 @@ import numpy as np
 CACHE = Path(os.environ.get("SNRT_BENCH_CACHE", Path.home() / ".cache" / "snrt-bench"))
 
 
-def random_vit_state_dict(dim: int, depth: int = 12, heads: int | None = None, img: int = 224,
-                          patch: int = 16, classes: int = 1000, seed: int = 0):
-    """timm VisionTransformer key names and shapes, weights ~ N(0, 0.02) like timm's init."""
+def random_vit_state_dict(dim: int, depth: int = 12, img: int = 224, patch: int = 16,
+                          classes: int = 1000, chans: int = 3, seed: int = 0,
+                          head_std: float = 0.02) -> dict[str, np.ndarray]:
+    """timm VisionTransformer key names and shapes, weights ~ N(0, 0.02) like timm's init
+    (`head_std` for the classifier: larger makes the logits of random models differ)."""
     rng = np.random.default_rng(seed)
     n = (img // patch) ** 2 + 1
 
@@ -22,9 +24,9 @@ def random_vit_state_dict(dim: int, depth: int = 12, heads: int | None = None, i
         return (rng.standard_normal(shape) * std).astype(np.float32)
 
     sd = {"cls_token": w(1, 1, dim), "pos_embed": w(1, n, dim),
-          "patch_embed.proj.weight": w(dim, 3, patch, patch), "patch_embed.proj.bias": w(dim),
-          "norm.weight": 1 + w(dim), "norm.bias": w(dim), "head.weight": w(classes, dim),
-          "head.bias": w(classes)}
+          "patch_embed.proj.weight": w(dim, chans, patch, patch),
+          "patch_embed.proj.bias": w(dim), "norm.weight": 1 + w(dim), "norm.bias": w(dim),
+          "head.weight": w(classes, dim, std=head_std), "head.bias": w(classes)}
     for i in range(depth):
         b = f"blocks.{i}."
         sd.update({b + "norm1.weight": 1 + w(dim), b + "norm1.bias": w(dim),

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # demos/ is used from the checkout (not an installed package)
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import random_vit_state_dict
 from demos.camera.app import DemoApp, DemoOptions, main
 from demos.camera.energy import EnergyModel, SimulatedBatteryMonitor, make_monitor
 from demos.camera.engine import (
@@ -54,30 +55,6 @@ from snrt.monitor import SimulatedMonitor
 # ----------------------------------------------------------------------------- fixtures
 
 
-def _random_vit(dim: int, depth: int, img: int, patch: int, classes: int, chans: int,
-                seed: int) -> dict[str, np.ndarray]:
-    """timm VisionTransformer keys and shapes, N(0, 0.02) weights."""
-    rng = np.random.default_rng(seed)
-
-    def w(*shape, std=0.02):
-        return (rng.standard_normal(shape) * std).astype(np.float32)
-
-    n = (img // patch) ** 2 + 1
-    sd = {"cls_token": w(1, 1, dim), "pos_embed": w(1, n, dim),
-          "patch_embed.proj.weight": w(dim, chans, patch, patch),
-          "patch_embed.proj.bias": w(dim), "norm.weight": 1 + w(dim), "norm.bias": w(dim),
-          "head.weight": w(classes, dim, std=0.5), "head.bias": w(classes)}
-    for i in range(depth):
-        b = f"blocks.{i}."
-        sd.update({b + "norm1.weight": 1 + w(dim), b + "norm1.bias": w(dim),
-                   b + "attn.qkv.weight": w(3 * dim, dim), b + "attn.qkv.bias": w(3 * dim),
-                   b + "attn.proj.weight": w(dim, dim), b + "attn.proj.bias": w(dim),
-                   b + "norm2.weight": 1 + w(dim), b + "norm2.bias": w(dim),
-                   b + "mlp.fc1.weight": w(4 * dim, dim), b + "mlp.fc1.bias": w(4 * dim),
-                   b + "mlp.fc2.weight": w(dim, 4 * dim), b + "mlp.fc2.bias": w(dim)})
-    return sd
-
-
 def build_demo_bundle(out: Path) -> Path:
     """A ti/s/b family with random weights and made-up accuracies rising with FLOPs."""
     from exporters.onnx_export import export_onnx
@@ -88,7 +65,8 @@ def build_demo_bundle(out: Path) -> Path:
     dims, depth, img, patch = (48, 96, 192), 4, 32, 4
     anchors = []
     for i, (name, dim) in enumerate(zip(("ti", "s", "b"), dims)):
-        sd = _random_vit(dim, depth, img, patch, 10, 1, seed=i)
+        sd = random_vit_state_dict(dim, depth, img, patch, classes=10, chans=1, seed=i,
+                                   head_std=0.5)
         anchors.append(Anchor(name, config_from_state_dict(sd, where=name), sd))
     rng = np.random.default_rng(7)
     layers = {(f, f + 1): [StitchLayer(
