@@ -51,9 +51,9 @@ def main(argv=None) -> int:
 
     from snrt.bundle import Bundle
     from snrt.lookup_table import LookupTable, bundle_key
-    from snrt.profile import sample_variants
+    from snrt.profile import resolve_bundle, sample_variants
 
-    b = Bundle.open(args.bundle, verify="size")
+    b = Bundle.open(resolve_bundle(args.bundle), verify="size")
     key = bundle_key(b)
 
     def measured_of(path):
