@@ -15,13 +15,17 @@ from snrt.profile import Profiler, Protocol, main, sample_variants
 FAST = Protocol(runs=3, warmup=1, min_seconds=0.0, max_seconds=5.0)
 
 
-def test_sample_keeps_anchors_and_spreads_over_flops(tiny_family):
+def test_sample_keeps_anchors_and_spreads_over_routes_and_positions(tiny_family):
     vs = Bundle.open(tiny_family["bundle"]).variants
     s = sample_variants(vs, "20%")
     assert len(s) == 5 and {"ti", "s", "b"} <= {v.id for v in s}
-    flops = sorted(v.flops for v in s if ">" in v.id)
-    assert flops[0] < flops[-1]
+    assert {v.id.split("@")[0] for v in s if not v.is_anchor} == {"ti>s", "s>b"}
+    s = sample_variants(vs, "9")  # 3 anchors + 3 per route, first, middle and last split
+    for route in ("ti>s", "s>b"):
+        fronts = sorted(v.stitches[0]["front_block"] for v in s if v.id.startswith(route))
+        assert len(fronts) == 3 and fronts[0] == 0 and fronts[-1] == 3
     assert len(sample_variants(vs, "7")) == 7
+    assert len(sample_variants(vs, "100%")) == len(vs)
     with pytest.raises(Exception, match="percentage"):
         sample_variants(vs, "lots")
 
