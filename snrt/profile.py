@@ -286,6 +286,29 @@ def resolve_bundle(arg: str) -> Path:
     return Path(arg)
 
 
+def summary_lines(table: LookupTable, key: str, variant_ids: list[str]) -> list[str]:
+    """Per backend x precision x threads over `variant_ids`: how many were measured, their
+    median p50, and the median per-variant ratio to onnxruntime fp32 at the same threads (the
+    ORT-vs-TFLite comparison per precision)."""
+    ids = set(variant_ids)
+    rows: dict[tuple, dict[str, float]] = {}
+    for e in table.entries:
+        if e.bundle == key and e.variant in ids and not e.predicted and e.error is None:
+            rows.setdefault((e.backend, e.precision, e.threads), {})[e.variant] = e.p50_ms
+    if not rows:
+        return []
+    out = [f"{'backend':12s} {'prec':5s} {'threads':>7s} {'variants':>8s} {'median p50 ms':>13s} "
+           f"{'vs onnxruntime fp32':>19s}"]
+    for (backend, precision, threads), p50 in sorted(rows.items()):
+        ref = rows.get(("onnxruntime", "fp32", threads), {})
+        common = [v for v in p50 if v in ref]
+        ratio = (f"{np.median([p50[v] / ref[v] for v in common]):.2f}x ({len(common)})"
+                 if common else "-")
+        out.append(f"{backend:12s} {precision:5s} {threads:7d} {len(p50):8d} "
+                   f"{np.median(list(p50.values())):13.3f} {ratio:>19s}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:
@@ -332,6 +355,8 @@ def _main(args) -> int:
         n = predict_table(prof.table, prof.bundle)
         prof.table.save(out)
         log.info("predicted %d entries", n)
+    for line in summary_lines(prof.table, prof.key, [v.id for v in variants]):
+        log.info("%s", line)
     if args.plot:
         from .plots import plot_pareto
 

@@ -10,7 +10,7 @@ from snrt.bundle import Bundle
 from snrt.lookup_table import Entry, LookupTable, LookupTableError, pareto_front
 from snrt.lut_cli import main as lut_main
 from snrt.lut_cli import merge
-from snrt.profile import Profiler, Protocol, main, sample_variants
+from snrt.profile import Profiler, Protocol, main, sample_variants, summary_lines
 
 FAST = Protocol(runs=3, warmup=1, min_seconds=0.0, max_seconds=5.0)
 
@@ -107,6 +107,23 @@ def test_predictions_never_replace_measurements_and_merge():
     assert list(merged) == [t.device.id]
     mt = merged[t.device.id]
     assert mt.get("f@x", "a").p50_ms == 4.0 and mt.get("f@x", "b").p50_ms == 7.0
+
+
+def test_summary_compares_each_backend_precision_with_onnxruntime_fp32():
+    t = LookupTable.new()
+    for v, ort_ms, lite in (("a", 2.0, {"fp32": 1.6, "int8": 1.0}),
+                            ("b", 4.0, {"fp32": 3.6, "int8": 3.0}),
+                            ("c", 8.0, {"fp32": 8.8})):
+        t.put(Entry("f@x", v, 0, "onnxruntime", "fp32", 1, ort_ms, ort_ms))
+        for prec, ms in lite.items():
+            t.put(Entry("f@x", v, 0, "tflite", prec, 1, ms, ms))
+    t.put(Entry("f@x", "d", 0, "tflite", "int8", 1, 0.1, 0.1, predicted=True))  # not counted
+    lines = summary_lines(t, "f@x", ["a", "b", "c", "d"])
+    rows = {tuple(ln.split()[:3]): ln.split() for ln in lines[1:]}
+    assert rows[("onnxruntime", "fp32", "1")][3:] == ["3", "4.000", "1.00x", "(3)"]
+    assert rows[("tflite", "fp32", "1")][3:] == ["3", "3.600", "0.90x", "(3)"]  # 0.8,0.9,1.1
+    assert rows[("tflite", "int8", "1")][3:] == ["2", "2.000", "0.62x", "(2)"]  # 0.5, 0.75
+    assert summary_lines(t, "other@y", ["a"]) == []
 
 
 def test_pareto_front():
