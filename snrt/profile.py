@@ -339,7 +339,8 @@ def _main(args) -> int:
         variants = sample_variants(variants, args.sample)
     precisions = args.precision or ["fp32"]
     items = prof.plan(variants, args.backend, precisions, args.threads, fresh=args.fresh)
-    skipped = len(variants) * len(args.threads) * len(args.backend) - len(items)
+    everything = prof.plan(variants, args.backend, precisions, args.threads, fresh=True)
+    skipped = len(everything) - len(items)
     log.info("profiling %d of %d variants x %s x %s x threads %s on %s -> %s (%d already "
              "measured)", len(variants), len(prof.bundle.variants), args.backend, precisions,
              args.threads, prof.table.device.id, out, max(skipped, 0))
