@@ -5,7 +5,7 @@
 Starts the demo in this process on a free loopback port (synthetic camera, simulated battery),
 opens it in headless Chromium (Playwright with the system's Chromium, no browser download),
 and drives the page's own controls: a few seconds as started; the most accurate variant pinned
-for a moment and the target FPS set so that it uses 70 % of the frame budget, back to auto; power
+for a moment and the target FPS set so that it uses 45 % of the frame budget, back to auto; power
 saving on; power saving off; then writes a full-page PNG. Needs `pip install playwright`
 and Chromium (`apt-get install -y chromium`, or --chromium PATH).
 """
@@ -61,15 +61,16 @@ def capture(app: DemoApp, out: Path, *, chromium: str, phase_s: float = 8.0,
 
 def _fit_best_variant(page) -> None:
     """Through the page: pin the most accurate variant for a moment (the controller learns
-    its latency now), set the target FPS so that it takes 70 % of the frame budget, back to
-    auto: it fits, and power saving's half budget will not hold it."""
+    its latency now), set the target FPS so that it takes 45 % of the frame budget, back to
+    auto: it fits with room for the spikes that the browser and server sharing the CPU cause,
+    and power saving's half budget will not hold it."""
     status = page.evaluate("async () => (await fetch('/api/status')).json()")
     best = max(status["candidates"], key=lambda c: c["accuracy"])["id"]
     page.select_option("#pin-select", best)
     page.wait_for_timeout(2000)
     est_ms = page.evaluate("async () => (await fetch('/api/status')).json()")["est_ms"]
     if est_ms:
-        fps = round(max(1.0, min(240.0, 800.0 * 0.7 / est_ms)), 1)
+        fps = round(max(1.0, min(240.0, 800.0 * 0.45 / est_ms)), 1)
         page.fill("#fps-input", str(fps))
         page.click("#fps-apply")
     page.select_option("#pin-select", "auto")
