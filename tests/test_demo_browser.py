@@ -37,13 +37,11 @@ for p in (ROOT, Path(__file__).resolve().parent):  # demos/ and the shared demo 
 from test_demo_server import build_demo_bundle, demo_options, write_digit_images
 
 from demos.camera.app import DemoApp
+from demos.camera.screenshot import CHROMIUM_ARGS
 
 pytestmark = pytest.mark.browser
 
 CHROMIUM = os.environ.get("SNRT_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 
 
 def _unavailable(reason: str):
