@@ -140,7 +140,11 @@ def decide(state: PowerState, candidates: list[Candidate], current: str, content
                         f"{note}: start on {best.id} (est {est[best.id]:.1f} ms)", True)
     cur_est = est[cur.id]
     if cur_est > b.budget_ms * (1 + cfg.down_margin):  # must step down, no dwell
-        tgt = best if est[best.id] < cur_est else min(candidates, key=lambda c: est[c.id])
+        # land where a step up would: with up_margin to spare when some variant has it, so
+        # that the next slightly slower frame does not force another step (no cascades)
+        roomy = [c for c in fits if est[c.id] <= b.budget_ms * (1 - cfg.up_margin)]
+        safe = max(roomy, key=lambda c: (c.accuracy, -est[c.id])) if roomy else best
+        tgt = safe if est[safe.id] < cur_est else min(candidates, key=lambda c: est[c.id])
         if tgt.id != cur.id:
             return Decision("down", tgt.id, b, contention, est[tgt.id],
                             f"{note}: {cur.id} est {cur_est:.1f} ms over budget -> "

@@ -72,6 +72,19 @@ def test_step_up_waits_for_dwell_and_margin_but_step_down_does_not():
     assert d.switch and d.target == "mid"
 
 
+def test_step_down_lands_with_room_to_spare():
+    """Stepping down to a variant that only just fits makes the next slow frame force another
+    step (a cascade); the target keeps up_margin to spare when some variant can."""
+    cfg = PolicyConfig(target_fps=10, headroom=1.0, min_dwell_s=5.0, up_margin=0.2)
+    cands = [*CANDS, Candidate("mid+", 87.0, 45.0)]
+    d = decide(state(), cands, "big", 2.1, 0.5, 0.0, cfg)  # big 105, mid+ 94.5, mid 52.5 ms
+    assert d.switch and d.target == "mid"
+    d = decide(state(), cands, "big", 3.5, 0.5, 0.0, cfg)  # only tiny (35) roomy, mid 87.5
+    assert d.target == "tiny"
+    d = decide(state(), cands, "big", 9.0, 0.5, 0.0, cfg)  # tiny 90: fits, nothing roomy
+    assert d.target == "tiny"
+
+
 class FakeRuntime:
     def __init__(self, current):
         self.current = type("V", (), {"id": current})()
