@@ -107,6 +107,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 log = logging.getLogger(__name__)
+_UNAVAILABLE = object()  # a psutil function this platform lacks, or one that raised
 
 __all__ = [
     "DEFAULT_REFRESH_S",
@@ -642,14 +643,21 @@ class SystemMonitor(Monitor):
         # clock needed, and the result equals other_process_load_pct() of psutil's percentages.
         self._cpu_load_pct = min(100.0, max(0.0, 100.0 * (busy_s - own_s) / total_s))
 
-    def _read_cpu_freq(self) -> None:
-        cpu_freq = getattr(self._ps, "cpu_freq", None)
-        if cpu_freq is None:
-            return
+    def _call_psutil(self, name: str, log_key: str):
+        """psutil.<name>(), or _UNAVAILABLE when this psutil/OS lacks it or it raised (logged
+        once under `log_key`)."""
+        fn = getattr(self._ps, name, None)
+        if fn is None:
+            return _UNAVAILABLE
         try:
-            freq = cpu_freq()
-        except Exception as e:  # noqa: BLE001
-            self._log_once("cpu_freq", logging.INFO, "cpu_freq() failed (%r)", e)
+            return fn()
+        except Exception as e:  # noqa: BLE001 - psutil raises OS-specific types
+            self._log_once(log_key, logging.INFO, "%s() failed (%r)", name, e)
+            return _UNAVAILABLE
+
+    def _read_cpu_freq(self) -> None:
+        freq = self._call_psutil("cpu_freq", "cpu_freq")
+        if freq is _UNAVAILABLE:
             return
         if freq is None:
             return
@@ -661,13 +669,8 @@ class SystemMonitor(Monitor):
     # -- battery -------------------------------------------------------------------------------
 
     def _read_battery(self) -> None:
-        sensors_battery = getattr(self._ps, "sensors_battery", None)
-        if sensors_battery is None:
-            return
-        try:
-            battery = sensors_battery()
-        except Exception as e:  # noqa: BLE001
-            self._log_once("battery", logging.INFO, "sensors_battery() failed (%r)", e)
+        battery = self._call_psutil("sensors_battery", "battery")
+        if battery is _UNAVAILABLE:
             return
         if battery is None:  # no battery: not a failure, so no stale value is kept
             self._battery_pct, self._plugged = DEFAULT_BATTERY_PCT, DEFAULT_PLUGGED
@@ -821,15 +824,10 @@ class SystemMonitor(Monitor):
                                    trip_status)
 
     def _psutil_temperatures(self) -> list[tuple[str, float]]:
-        sensors_temperatures = getattr(self._ps, "sensors_temperatures", None)
-        if sensors_temperatures is None:  # not on every OS
+        chips = self._call_psutil("sensors_temperatures", "temperatures")  # not on every OS
+        if chips is _UNAVAILABLE:
             return []
-        try:
-            chips = sensors_temperatures() or {}
-        except Exception as e:  # noqa: BLE001
-            self._log_once("temperatures", logging.INFO, "sensors_temperatures() failed (%r)",
-                           e)
-            return []
+        chips = chips or {}
         readings = []
         for chip, entries in chips.items():
             for entry in entries or ():
