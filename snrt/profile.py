@@ -123,15 +123,14 @@ def sample_variants(variants: list[VariantInfo], spec: str, seed: int = 0) -> li
         if v.id not in chosen:
             route = tuple((s["front"], s["end"]) for s in v.stitches)
             groups.setdefault(route, []).append(v)
-    k = max(0, n - len(chosen))
-    # share k between the routes, largest remainders first; a route gets at most its size
+    # share the rest between the routes in proportion to their sizes: one at a time to the
+    # route least filled so far (ties: the larger route); a route gets at most its size
     left = dict.fromkeys(groups, 0)
-    while k > 0 and any(left[g] < len(groups[g]) for g in groups):
-        for g in sorted(groups, key=lambda g: (left[g] / len(groups[g]), -len(groups[g]))):
-            if left[g] < len(groups[g]):
-                left[g] += 1
-                k -= 1
-                break
+    for _ in range(max(0, n - len(chosen))):
+        open_routes = [g for g in groups if left[g] < len(groups[g])]
+        if not open_routes:
+            break
+        left[min(open_routes, key=lambda g: (left[g] / len(groups[g]), -len(groups[g])))] += 1
     for g, m in left.items():
         if m:
             members = sorted(groups[g], key=lambda v: [(s["front_block"], s["end_block"])

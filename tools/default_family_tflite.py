@@ -69,14 +69,16 @@ def prepare(work: Path, n_val: int) -> tuple[Path, Path, np.ndarray, np.ndarray]
     return bundle, val_dir, x, labs
 
 
-def measure(bundle_path: Path, variants: list[str], x: np.ndarray, labels: np.ndarray,
+def measure(bundle_path: Path, variants: list[str] | None, x: np.ndarray, labels: np.ndarray,
             progress: bool = True) -> list[dict]:
+    """Test top-1 of `variants` (ids or cfg_ids; None: all) on ONNX and each TFLite file."""
     import onnxruntime as ort
 
     from snrt.backends.tflite import TFLiteRunner
     from snrt.bundle import Bundle
 
     b = Bundle.open(bundle_path)
+    variants = [b.variant(v).id for v in variants] if variants else [v.id for v in b.variants]
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     rows = []
@@ -181,12 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                  len(rep.exported), len(rep.skipped), len(rep.refused), len(rep.failed))
         for r in rep.refused + rep.failed:
             log.warning("%s %s %s: %s", r.variant, r.precision, r.status, r.reason)
-        from snrt.bundle import Bundle
-
-        b = Bundle.open(bundle, verify="size")
-        ids = [b.variant(v).id for v in args.variants] if args.variants else \
-            [v.id for v in b.variants]
-        rows = measure(bundle, ids, x, labels, progress=not args.quiet)
+        rows = measure(bundle, args.variants, x, labels, progress=not args.quiet)
         atomic_write_bytes(args.out, report(rows, len(labels), command, export_s).encode())
         log.info("wrote %s", args.out)
     except SnrtError as e:
