@@ -3,8 +3,10 @@ for fixed-largest, fixed-smallest and adaptive (snrt's controller); then a simul
 drain from 100% to 5% with power-saving switching on.
 
     python -m benchmarks.contention_bench [--bundle PATH] [--phase-seconds 8] [--phases 6]
+                                          [--repeat 1] [--hog-procs N]
 
-Bounded in time (about 3 x phases x phase-seconds + calibration), loopback only, and it stops
+Bounded in time (about repeat x 3 x phases x phase-seconds + calibration + battery-seconds),
+loopback only, and it stops
 its own load processes (also on Ctrl-C). Steps:
 1. measure every Pareto-front variant's latency on this machine, idle and with the hog on
    (this is the lookup table the controller gets, and the oracle's knowledge);
@@ -104,6 +106,8 @@ def main(argv=None) -> int:
     ap.add_argument("--hog-procs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--calib-seconds", type=float, default=1.0)
     ap.add_argument("--battery-seconds", type=float, default=40.0)
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run scenario 1 this many times (strategies interleaved per round)")
     args = ap.parse_args(argv)
 
     import snrt
@@ -157,8 +161,9 @@ def main(argv=None) -> int:
 
     # 2. strategies
     base = {v: float(np.median(cal[v]["idle"])) for v in front}
-    results = []
-    for name in ("fixed-largest", "fixed-smallest", "adaptive"):
+    results, adaptive_log = [], []
+    for rnd, name in [(r, n) for r in range(args.repeat)
+                      for n in ("fixed-largest", "fixed-smallest", "adaptive")]:
         if name == "adaptive":
             ctl = Controller(SystemMonitor(), base, {v: acc[v] for v in front},
                              config=PolicyConfig(target_fps=1000 / period, headroom=0.8,
@@ -169,14 +174,18 @@ def main(argv=None) -> int:
             rt.set_controller(None)
             rt.switch(largest if name == "fixed-largest" else smallest)
         n_sw0 = len(rt.switches())
+        t_loop = time.monotonic()
         recs = frame_loop(rt, samples, period, total, schedule, hog)
         rt.set_controller(None)
+        if name == "adaptive" and rnd == 0:
+            adaptive_log = [(e.t_s - t_loop, e.from_id, e.to_id, e.reason)
+                            for e in rt.switches()[n_sw0 + 1:]]
         lat = np.array([r[2] for r in recs])
         loaded = np.array([r[3] for r in recs])
         oracle = np.mean([acc[best["load" if ld else "idle"]] for ld in loaded])
         sw = len(rt.switches()) - n_sw0 - (1 if name == "adaptive" else 0)
         results.append({
-            "strategy": name, "frames": len(recs),
+            "strategy": name, "round": rnd + 1, "frames": len(recs),
             "miss %": 100 * float(np.mean(lat > period)),
             "miss % idle": 100 * float(np.mean(lat[~loaded] > period)),
             "miss % loaded": 100 * float(np.mean(lat[loaded] > period)),
@@ -186,6 +195,21 @@ def main(argv=None) -> int:
     print("\n## Scenario 1: CPU hog on/off "
           f"({args.phases} phases x {args.phase_seconds:.0f} s, deadline {period:.2f} ms)")
     print(table(results))
+    if args.repeat > 1:
+        keys = [k for k in results[0] if k not in ("strategy", "round")]
+        mean_rows = []
+        for name in ("fixed-largest", "fixed-smallest", "adaptive"):
+            rs = [r for r in results if r["strategy"] == name]
+            mean_rows.append({"strategy": name, "rounds": len(rs),
+                              **{k: float(np.mean([r[k] for r in rs])) for k in keys},
+                              "max miss %": max(r["miss %"] for r in rs)})
+        print(f"\nmean over {args.repeat} rounds:")
+        print(table(mean_rows))
+    print(f"\nadaptive, round 1: {len(adaptive_log)} switches (t s, load on/off at "
+          f"{args.phase_seconds:.0f} s steps)")
+    for t, old, new, why in adaptive_log[:20]:
+        print(f"  t={t:5.1f}s {'load' if schedule(t) else 'idle'} {old} -> {new}: "
+              f"{why.split(': ', 1)[-1]}")
 
     # 3. battery drain with power saving from 30%
     clock = SimulatedClock()

@@ -12,10 +12,16 @@ I/O wait) the controller:
    contention factor learnt from the latencies the runtime actually observes (feedback: rises
    at once when frames get slower, decays slowly when they get faster, so contention is seen
    within one or two frames even when CPU-load readings lag);
-4. picks the most accurate variant on the accuracy-latency Pareto front that fits, with
-   hysteresis: step down as soon as the current variant no longer fits; step up only when the
-   better variant fits with `up_margin` to spare and `min_dwell_s` has passed since the last
-   switch (so noisy readings do not make it flap). Each switch carries its reason.
+4. counts deadline misses (frames slower than the unscaled-by-headroom budget, i.e. the frame
+   period in the normal state): contention that only shows in the tail (another process taking
+   the core for a few ms now and then, the median barely moving) is seen this way;
+5. picks the most accurate variant on the accuracy-latency Pareto front that fits, with
+   hysteresis: step down as soon as the current variant no longer fits, or as soon as it missed
+   `miss_limit` deadlines within its last `miss_window` frames (then to the most accurate
+   variant whose expected miss rate, scaled by its latency, is below that limit); step up only
+   when the better variant fits with `up_margin` to spare, `min_dwell_s` has passed since the
+   last switch, and there has been no miss for `clean_frames` frames or `clean_s` seconds (so
+   noisy readings do not make it flap). Each switch carries its reason.
 
 `decide()` is a pure function of (state, estimates, current, time): easy to test and tune.
 """
@@ -58,6 +64,12 @@ class PolicyConfig:
     min_dwell_s: float = 3.0  # no step up sooner than this after any switch
     max_dwell_s: float = 60.0  # premature step-ups double the dwell up to this
     pareto_only: bool = True
+    # tail feedback: >= miss_limit misses within the current variant's last miss_window frames
+    # steps down; a step up needs clean_frames frames or clean_s seconds without a miss
+    miss_limit: int = 3  # 0: off
+    miss_window: int = 200
+    clean_frames: int = 400
+    clean_s: float = 30.0
 
     def __post_init__(self):
         if self.target_fps <= 0 or not 0 < self.headroom <= 1:
@@ -66,6 +78,10 @@ class PolicyConfig:
             raise ValueError("thermal_scales needs 7 values (thermal status 0..6)")
         if not 0 <= self.up_margin < 1 or self.down_margin < 0 or self.min_dwell_s < 0:
             raise ValueError("up_margin in [0, 1), down_margin >= 0, min_dwell_s >= 0")
+        if self.miss_limit < 0 or self.miss_window < 1 or self.clean_frames < 0 \
+                or self.clean_s < 0:
+            raise ValueError("miss_limit >= 0, miss_window >= 1, clean_frames >= 0, "
+                             "clean_s >= 0")
 
 
 @dataclass(frozen=True)
@@ -80,6 +96,20 @@ class Budget:
     budget_ms: float
     scale: float
     why: str  # what scaled it
+
+
+@dataclass(frozen=True)
+class MissStats:
+    """Deadline misses of the current variant (counted since it became current)."""
+
+    misses: int = 0  # within its last `frames` frames (at most cfg.miss_window)
+    frames: int = 0
+    clean_frames: int = 1 << 30  # frames since the last miss (of any variant)
+    clean_s: float = float("inf")  # seconds since the last miss (of any variant)
+
+    @property
+    def rate(self) -> float:
+        return self.misses / self.frames if self.frames else 0.0
 
 
 @dataclass(frozen=True)
@@ -120,11 +150,13 @@ def frame_budget(state: PowerState, cfg: PolicyConfig) -> Budget:
 
 def decide(state: PowerState, candidates: list[Candidate], current: str, contention: float,
            now_s: float, last_switch_s: float, cfg: PolicyConfig,
-           dwell_s: float | None = None) -> Decision:
+           dwell_s: float | None = None, misses: MissStats | None = None) -> Decision:
     """Pick the variant for the next frame. Pure: same inputs, same answer.
     dwell_s: the current minimum time between a switch and a step up (default
-    cfg.min_dwell_s; the Controller lengthens it after premature step-ups)."""
+    cfg.min_dwell_s; the Controller lengthens it after premature step-ups).
+    misses: the current variant's deadline misses (default: none seen)."""
     dwell_s = cfg.min_dwell_s if dwell_s is None else dwell_s
+    misses = misses or MissStats()
     if not candidates:
         raise SnrtError("no candidate variants to choose from")
     b = frame_budget(state, cfg)
@@ -151,7 +183,24 @@ def decide(state: PowerState, candidates: list[Candidate], current: str, content
                             f"{tgt.id} est {est[tgt.id]:.1f} ms", True)
         return Decision("keep", cur.id, b, contention, cur_est, f"{note}: already fastest",
                         False)
-    if now_s - last_switch_s >= dwell_s:  # step up to the best that fits roomily
+    if cfg.miss_limit and misses.misses >= cfg.miss_limit:  # the tail says: too slow here
+        # misses scale with the time a frame is exposed to preemption: expect
+        # rate * est(v) / est(cur) for v; take the most accurate below the limit, else fastest
+        limit = cfg.miss_limit / cfg.miss_window
+        ok = [c for c in candidates if est[c.id] < cur_est
+              and misses.rate * est[c.id] / cur_est < limit]
+        tgt = (max(ok, key=lambda c: (c.accuracy, -est[c.id])) if ok
+               else min(candidates, key=lambda c: est[c.id]))
+        if tgt.id != cur.id:
+            return Decision("down", tgt.id, b, contention, est[tgt.id],
+                            f"{note}: {cur.id} missed {misses.misses} of its last "
+                            f"{misses.frames} deadlines -> {tgt.id} est {est[tgt.id]:.1f} ms",
+                            True)
+        return Decision("keep", cur.id, b, contention, cur_est,
+                        f"{note}: {misses.misses} misses in {misses.frames} frames, already "
+                        "fastest", False)
+    clean = misses.clean_frames >= cfg.clean_frames or misses.clean_s >= cfg.clean_s
+    if clean and now_s - last_switch_s >= dwell_s:  # step up to the best that fits roomily
         roomy = [c for c in fits if c.accuracy > cur.accuracy
                  and est[c.id] <= b.budget_ms * (1 - cfg.up_margin)]
         if roomy:
@@ -218,6 +267,12 @@ class Controller:
         self._last_up = -1e9
         self._last_decide = -1e9
         self.dwell_s = config.min_dwell_s
+        self._deadline_ms: float | None = None  # budget / headroom of the latest decision
+        self._miss_variant: str | None = None  # whose frames the miss counters below hold
+        self._miss_hist: collections.deque[bool] = collections.deque(maxlen=config.miss_window)
+        self._clean_frames = 1 << 30  # frames since the last miss (any variant)
+        self._clean_since = float("-inf")  # time of the last miss
+        self.deadline_misses = 0  # all frames, all variants (for status and apps)
         self._lock = threading.Lock()
         self.candidates = self._candidates()
 
@@ -302,9 +357,10 @@ class Controller:
         base = self.base_ms.get(rec.variant)
         if base is not None and rec.batch == 1:
             self.contention.update(rec.latency_ms, base)
+        now = self.clock()
+        self._count_miss(rec, now)
         if self._pinned is not None:
             return None
-        now = self.clock()
         if now - self._last_decide < self.decide_every_s:
             return None
         if not self._lock.acquire(blocking=False):  # another thread is deciding
@@ -313,7 +369,8 @@ class Controller:
             self._last_decide = now
             state = self.monitor.read()
             d = decide(state, self.candidates, rt.current.id, self.contention.value, now,
-                       self._last_switch, self.config, self.dwell_s)
+                       self._last_switch, self.config, self.dwell_s, self.miss_stats(now))
+            self._deadline_ms = d.budget.budget_ms / self.config.headroom
             self._adapt_dwell(d, now)
             if d.switch:
                 self._last_switch = now
@@ -324,6 +381,29 @@ class Controller:
             return d
         finally:
             self._lock.release()
+
+    def _count_miss(self, rec, now: float) -> None:
+        """Record whether this frame missed the deadline in force. The miss window is per
+        variant (a switch, by the controller or the app, starts it afresh); the time since the
+        last miss is not: misses just before a step down still argue against stepping up."""
+        if rec.variant != self._miss_variant:
+            self._miss_variant = rec.variant
+            self._miss_hist.clear()
+        if self._deadline_ms is None:
+            self._deadline_ms = (frame_budget(self.monitor.read(), self.config).budget_ms
+                                 / self.config.headroom)
+        missed = rec.batch == 1 and rec.latency_ms > self._deadline_ms
+        self._miss_hist.append(missed)
+        if missed:
+            self.deadline_misses += 1
+            self._clean_frames, self._clean_since = 0, now
+        else:
+            self._clean_frames += 1
+
+    def miss_stats(self, now: float | None = None) -> MissStats:
+        now = self.clock() if now is None else now
+        return MissStats(sum(self._miss_hist), len(self._miss_hist), self._clean_frames,
+                         now - self._clean_since)
 
     def _adapt_dwell(self, d: Decision, now: float) -> None:
         """Anti-flap: a step down soon after a step up means the step up was premature, so
@@ -338,6 +418,9 @@ class Controller:
     def set_config(self, **changes) -> None:
         """Change thresholds at run time (e.g. target_fps from the app's UI)."""
         self.config = replace(self.config, **changes)
+        if self._miss_hist.maxlen != self.config.miss_window:
+            self._miss_hist = collections.deque(self._miss_hist, maxlen=self.config.miss_window)
+        self._deadline_ms = None
         self.candidates = self._candidates()
 
     def status(self) -> dict:
@@ -346,10 +429,18 @@ class Controller:
         b = frame_budget(state, self.config)
         return {"state": state.to_json(), "budget_ms": b.budget_ms, "budget_why": b.why,
                 "contention": self.contention.value, "pinned": self._pinned,
+                "misses": _miss_json(self.miss_stats()), "deadline_misses": self.deadline_misses,
                 "dwell_s": self.dwell_s,
                 "current": rt.current.id if rt else None,
                 "candidates": [asdict(c) for c in self.candidates],
                 "config": asdict(self.config)}
+
+
+def _miss_json(m: MissStats) -> dict:
+    big = m.clean_frames >= 1 << 30 or m.clean_s == float("inf")  # no miss yet
+    return {"misses": m.misses, "frames": m.frames,
+            "clean_frames": None if big else m.clean_frames,
+            "clean_s": None if big else m.clean_s}
 
 
 def _dec_json(d: Decision) -> dict:
@@ -374,5 +465,5 @@ def _find_table(table) -> LookupTable | None:
     return None
 
 
-__all__ = ["Budget", "Candidate", "ContentionEstimate", "Controller", "Decision",
+__all__ = ["Budget", "Candidate", "ContentionEstimate", "Controller", "Decision", "MissStats",
            "PolicyConfig", "decide", "frame_budget"]

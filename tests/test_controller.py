@@ -10,6 +10,7 @@ from snrt.controller import (
     Candidate,
     ContentionEstimate,
     Controller,
+    MissStats,
     PolicyConfig,
     decide,
     frame_budget,
@@ -83,6 +84,76 @@ def test_step_down_lands_with_room_to_spare():
     assert d.target == "tiny"
     d = decide(state(), cands, "big", 9.0, 0.5, 0.0, cfg)  # tiny 90: fits, nothing roomy
     assert d.target == "tiny"
+
+
+def test_deadline_misses_step_down_and_hold_off_step_ups():
+    """Contention that only shows in the tail: the median fits, but the current variant missed
+    3 of its last 200 deadlines; misses scale with a frame's duration, so the target is the
+    most accurate variant expected below the limit, else the fastest."""
+    cfg = PolicyConfig(target_fps=10, headroom=1.0, min_dwell_s=0.0, up_margin=0.2,
+                       miss_limit=3, miss_window=200, clean_frames=400, clean_s=30.0)
+    cands = [*CANDS, Candidate("mid+", 87.0, 40.0)]
+    ok = MissStats(misses=2, frames=200, clean_frames=10, clean_s=0.1)
+    d = decide(state(), cands, "big", 1.0, 10.0, 0.0, cfg, misses=ok)
+    assert not d.switch  # 2 misses: under the limit, and a step up is not possible anyway
+    # 4/200 = 2% on big (50 ms): mid (25 ms) expects 1% < 1.5%, mid+ (40 ms) 1.6%
+    d = decide(state(), cands, "big", 1.0, 10.0, 0.0, cfg,
+               misses=MissStats(misses=4, frames=200, clean_frames=0, clean_s=0.0))
+    assert d.switch and d.kind == "down" and d.target == "mid" and "missed 4" in d.reason
+    # 20% misses: nothing is expected below the limit -> fastest
+    d = decide(state(), cands, "big", 1.0, 10.0, 0.0, cfg,
+               misses=MissStats(misses=40, frames=200, clean_frames=0, clean_s=0.0))
+    assert d.target == "tiny"
+    d = decide(state(), cands, "tiny", 1.0, 10.0, 0.0, cfg,
+               misses=MissStats(misses=40, frames=200, clean_frames=0, clean_s=0.0))
+    assert not d.switch and "already fastest" in d.reason
+    # a step up waits for clean_frames frames or clean_s seconds without a miss
+    recent = MissStats(misses=0, frames=50, clean_frames=50, clean_s=0.5)
+    assert not decide(state(), cands, "tiny", 1.0, 10.0, 0.0, cfg, misses=recent).switch
+    for clean in (MissStats(0, 200, 400, 1.0), MissStats(0, 30, 30, 30.0), MissStats()):
+        d = decide(state(), cands, "tiny", 1.0, 10.0, 0.0, cfg, misses=clean)
+        assert d.switch and d.kind == "up" and d.target == "big"
+    # miss_limit=0 turns the tail rule off
+    off = PolicyConfig(target_fps=10, headroom=1.0, min_dwell_s=0.0, miss_limit=0)
+    assert not decide(state(), cands, "big", 1.0, 10.0, 0.0, off,
+                      misses=MissStats(40, 200, 0, 0.0)).switch
+    with pytest.raises(ValueError):
+        PolicyConfig(miss_window=0)
+
+
+def test_controller_sees_tail_contention_the_median_misses():
+    """Frames on 'big' take 50 ms (the budget is 100 ms) but 3% of them are preempted for
+    80 ms: the median-based contention estimate stays ~1 and never steps down; the miss
+    counter does, within a few hundred frames. When the spikes stop, one step back up."""
+    from snrt.runtime import FrameRecord
+
+    clock = SimulatedClock()
+    cfg = PolicyConfig(target_fps=10, headroom=1.0, min_dwell_s=1.0, up_margin=0.15)
+    ctl = Controller(SimulatedMonitor(clock=clock), {c.id: c.base_ms for c in CANDS},
+                     {c.id: c.accuracy for c in CANDS}, config=cfg, clock=clock)
+    rt = FakeRuntime("big")
+    ctl.attach(rt)
+    rng = np.random.default_rng(1)
+
+    def frames(n, spike_p):
+        for _ in range(n):
+            cur = rt.current.id
+            ms = ctl.base_ms[cur] * (1 + rng.normal(0, 0.03))
+            if rng.random() < spike_p * ctl.base_ms[cur] / 50:  # exposure ~ duration
+                ms += 80.0
+            ctl.observe(rt, FrameRecord(clock(), cur, ms, ms, 1))
+            clock.advance(0.1)
+
+    frames(400, 0.0)
+    assert rt.switches == [] and ctl.deadline_misses == 0
+    frames(400, 0.03)
+    assert ctl.contention.value < 1.2  # the median did not move
+    assert rt.switches and rt.current.id in ("tiny", "mid")
+    downs = len(rt.switches)
+    assert downs <= 2, rt.switches
+    frames(500, 0.0)  # 400 frames or 30 s without a miss, then one step up
+    assert rt.current.id == "big" and len(rt.switches) == downs + 1, rt.switches
+    assert "room for big" in rt.switches[-1][1]
 
 
 class FakeRuntime:
