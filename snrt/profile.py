@@ -2,18 +2,38 @@
 
     snrt-profile BUNDLE [--backend onnxruntime,tflite] [--threads 1,2] [--precision fp32]
                  [--variants ID ... | --sample 20%] [--runs 20 --warmup 3 --min-seconds 1]
-                 [--out lookup_tables/] [--predict] [--plot pareto.png]
+                 [--rounds K] [--out lookup_tables/] [--predict] [--plot pareto.png]
 
-Protocol per variant x backend x precision x threads (as TFLite's benchmark_model and
-onnxruntime_perf_test): the variant is made ready exactly as snrt.Runtime does (load, warm up its
-sessions: `load_ms`), one first inference (`first_run_ms`), `--warmup` untimed runs, then timed
-runs until at least `--runs` runs and `--min-seconds` have passed (capped by `--max-seconds`):
-count, mean, std, min, p50, p90, p99, max. Each variant runs in a fresh worker process, so load
-time and peak RSS are its own and a crash cannot take the profile down. Conditions during the
-run (CPU load of other processes, frequency, temperature, battery) come from snrt.monitor.
+Two protocols, per backend x precision x threads:
 
-Results are written after every variant (atomically): Ctrl-C leaves a valid table, and a rerun
-resumes where it stopped (`--fresh` starts over).
+Isolated (the default, `--rounds 0`; as TFLite's benchmark_model and onnxruntime_perf_test):
+one variant after another, each in a fresh worker process. The variant is made ready exactly
+as snrt.Runtime does (load, warm up its sessions: `load_ms`), one first inference
+(`first_run_ms`), `--warmup` untimed runs, then timed runs until at least `--runs` runs and
+`--min-seconds` have passed (capped by `--max-seconds`): count, mean, std, min, p50, p90, p99,
+max. Load time and peak RSS are the variant's own and a crash cannot take the profile down; but
+each variant is measured at another moment (and in another process), so host drift (neighbours
+on a shared machine, CPU frequency) lands on some variants and not on others.
+
+Interleaved (`--rounds K`): all selected variants are made ready in one worker process (one
+snrt.Runtime; pieces are shared, as at run time), then measured in K rounds; each round visits
+every variant once in a freshly shuffled order with a short burst (1 untimed run, then timed
+runs until ceil(runs/K) runs and min-seconds/K have passed). Drift then hits every variant
+alike (common mode) instead of some and not others. p50 is the lowest of the K burst medians,
+the variant's median when the machine is quiet (neighbours only ever slow a run down; the
+median over rounds, which follows how busy the machine was, is kept as `p50_median_ms`),
+p90/p99 the median of the burst p90/p99, mean and std are pooled over all timed runs, min/max
+overall; the burst statistics are kept in the entry (`conditions.interleaved`). `load_ms` is
+the time to add the variant to the runtime holding the variants made ready before it (shared
+pieces are not loaded twice), `first_run_ms` its first inference; peak RSS is the whole
+worker's (`conditions.interleaved.worker_peak_rss_mb`), not per variant, so `peak_rss_mb` is
+left empty. Use the isolated protocol for per-variant load time and memory.
+
+Results are written atomically after every variant (isolated) or every round (interleaved,
+with running statistics): Ctrl-C leaves a valid table, and a rerun of the same command resumes
+(interleaved: by rounds, an interrupted round is measured again; `--fresh` starts over).
+Conditions during the run (CPU load of other processes, frequency, temperature, battery) come
+from snrt.monitor.
 """
 
 from __future__ import annotations
@@ -27,6 +47,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +125,108 @@ def measure_variant(bundle_path: str, variant: str, backend: str, precision: str
                            "plugged": end.plugged, "power_saving": end.power_saving}}
 
 
+ROUND_KEYS = ("p10", "p50", "p90", "p99", "mean", "std", "count")
+
+
+def _conditions(state) -> dict:
+    return {"cpu_load_pct": state.cpu_load_pct, "cpu_freq_mhz": state.cpu_freq_mhz,
+            "temperature_c": state.temperature_c, "thermal_status": state.thermal_status,
+            "battery_pct": state.battery_pct, "plugged": state.plugged,
+            "power_saving": state.power_saving}
+
+
+def measure_interleaved(bundle_path: str, needs: dict[str, int], backend: str, precision: str,
+                        threads: int, protocol: Protocol, rounds: int, first_round: int = 0,
+                        placement: str | None = None):
+    """Interleaved protocol, worker side: a generator of events (dicts, JSON-able).
+
+    `needs`: {variant id: rounds still to measure}. All are made ready in one Runtime
+    ("ready" or "error" per variant), then round r = first_round, first_round + 1, ... visits
+    the variants that still need rounds in an order shuffled with seed r: one "burst" event
+    per variant, then a "round" event (the round is complete). Last, "done"."""
+    from .monitor import SystemMonitor
+    from .runtime import Runtime
+
+    monitor = SystemMonitor()
+    opts = {"precision": precision}
+    if backend == "onnxruntime" and placement:
+        opts["placement"] = placement
+    ids = list(needs)
+    rt = None
+    x = None
+    ok: list[str] = []
+    for vid in ids:
+        t0 = time.perf_counter()
+        try:
+            if rt is None:
+                rt = Runtime(bundle_path, backend=backend, threads=threads, variants=ids,
+                             initial=vid, lazy=True, verify=False, **opts)
+                shape = [1 if isinstance(d, str) else d for d in rt.bundle.manifest.input["shape"]]
+                x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+            else:
+                rt.switch(vid, reason="profile")
+            load_ms = (time.perf_counter() - t0) * 1e3
+            first = rt.run(x, variant=vid).latency_ms
+            for _ in range(protocol.warmup):
+                rt.run(x, variant=vid)
+        except SnrtError as e:
+            yield {"event": "error", "variant": vid, "error": str(e)}
+            continue
+        ok.append(vid)
+        yield {"event": "ready", "variant": vid, "load_ms": load_ms, "first_run_ms": first}
+    if rt is not None:
+        info = rt.stats()["backend"]
+        yield {"event": "backend", "placement": info.get("placement"),
+               "backend_version": info.get("version")}
+    burst_runs = max(1, math.ceil(protocol.runs / rounds))
+    burst_s = protocol.min_seconds / rounds
+    cap_s = protocol.max_seconds / rounds
+    for i in range(max((needs[v] for v in ok), default=0)):
+        r = first_round + i
+        order = [v for v in ok if needs[v] > i]
+        np.random.default_rng([0x5A27, r]).shuffle(order)
+        for vid in order:
+            rt.run(x, variant=vid)  # untimed: back into cache after the other variants
+            lat: list[float] = []
+            t_start = time.perf_counter()
+            while True:
+                elapsed = time.perf_counter() - t_start
+                if elapsed >= cap_s or (len(lat) >= burst_runs and elapsed >= burst_s):
+                    break
+                lat.append(rt.run(x, variant=vid).latency_ms)
+            yield {"event": "burst", "variant": vid, "round": r, **_stats(lat),
+                   "p10_ms": float(np.percentile(lat, 10))}
+        yield {"event": "round", "round": r, "conditions": _conditions(monitor.read())}
+    if rt is not None:
+        rt.close()
+    monitor.close()
+    yield {"event": "done", "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+           / 1024}
+
+
+def interleaved_fields(rounds_stats: dict[str, list], min_ms: float, max_ms: float) -> dict:
+    """Entry statistics from per-round burst statistics ({p50: [...], ..., count: [...]}).
+
+    p50_ms is the median of the quietest burst (the lowest of the per-round burst medians):
+    on a shared machine the slowdown from neighbours is one-sided and comes and goes within
+    seconds, so the lowest burst median estimates the variant's median latency when the
+    machine is quiet, which two profiles reproduce; the median over rounds (kept as
+    `p50_median_ms`) follows how busy the machine was (benchmarks/latency_predict_bench.py,
+    README). p90/p99 are the median over rounds of the burst p90/p99 (typical tails), mean and
+    std are pooled over every timed run, min/max overall."""
+    c = np.asarray(rounds_stats["count"], dtype=np.float64)
+    mean = np.asarray(rounds_stats["mean"], dtype=np.float64)
+    std = np.asarray(rounds_stats["std"], dtype=np.float64)
+    n = c.sum()
+    pooled_mean = float((c * mean).sum() / n)
+    pooled_var = float((c * (std ** 2 + mean ** 2)).sum() / n - pooled_mean ** 2)
+    return {"count": int(n), "mean_ms": pooled_mean, "std_ms": math.sqrt(max(pooled_var, 0.0)),
+            "min_ms": min_ms, "max_ms": max_ms,
+            "p50_ms": float(np.min(rounds_stats["p50"])),
+            "p90_ms": float(np.median(rounds_stats["p90"])),
+            "p99_ms": float(np.median(rounds_stats["p99"]))}
+
+
 def sample_variants(variants: list[VariantInfo], spec: str, seed: int = 0) -> list[VariantInfo]:
     """A subset to measure: '20%' or a count. Anchors always; the rest shared evenly between the
     stitch routes (Ti>S, S>B, ...) and, within each, spread evenly over the split positions
@@ -141,7 +264,8 @@ def sample_variants(variants: list[VariantInfo], spec: str, seed: int = 0) -> li
 
 
 class Profiler:
-    """Plans and runs the measurements, one worker process per variant, saving as it goes."""
+    """Plans and runs the measurements (isolated: one worker process per variant; interleaved:
+    one worker per backend x precision x threads), saving as it goes."""
 
     def __init__(self, bundle_path: str | os.PathLike, table_path: str | os.PathLike, *,
                  protocol: Protocol = Protocol(), isolate: bool = True):
@@ -201,6 +325,178 @@ class Profiler:
                 bar.update(note=f"{v.id} {entry.p50_ms:.2f} ms" if not entry.error else v.id)
         return n
 
+    # -- interleaved protocol ------------------------------------------------------------------
+    def plan_interleaved(self, variants: list[VariantInfo], backends: list[str],
+                         precisions: list[str], threads: list[int], rounds: int,
+                         fresh: bool = False) -> list[tuple]:
+        """(backend, precision, threads, variant, rounds done) for every entry that has fewer
+        than `rounds` interleaved rounds. Entries measured otherwise (isolated protocol, errors,
+        predictions) start from 0: their numbers are not comparable with a common-mode run."""
+        if rounds < 1:
+            raise SnrtError(f"--rounds {rounds}: give at least 1 round (0 = isolated protocol)")
+        items = []
+        for backend, precision, t, v in self.plan(variants, backends, precisions, threads,
+                                                  fresh=True):
+            e = self.table.get(self.key, v.id, backend, precision, t)
+            done = 0
+            if e is not None and not fresh and not e.predicted and e.error is None:
+                done = len(e.conditions.get("interleaved", {}).get("p50", []))
+            if done < rounds:
+                items.append((backend, precision, t, v, done))
+        return items
+
+    def run_interleaved(self, items: list[tuple], rounds: int, progress: bool = True) -> int:
+        """Measure `items` (from plan_interleaved) in `rounds` interleaved rounds, one worker
+        per backend x precision x threads; the table is saved after every round. Returns the
+        number of bursts measured."""
+        groups: dict[tuple, list[tuple]] = {}
+        for backend, precision, t, v, done in items:
+            groups.setdefault((backend, precision, t), []).append((v, done))
+        total = sum(rounds - done for *_, done in items)
+        n = 0
+        with Progress(total, "profile", enabled=progress) as bar:
+            for (backend, precision, t), members in groups.items():
+                n += self._interleave_group(backend, precision, t, members, rounds, bar)
+        return n
+
+    def _interleave_group(self, backend, precision, threads, members, rounds, bar) -> int:
+        variants = {v.id: v for v, _ in members}
+        done = {v.id: d for v, d in members}
+        state: dict[str, dict] = {}
+        for vid, d in done.items():
+            e = self.table.get(self.key, vid, backend, precision, threads)
+            if d:
+                state[vid] = {"entry": e, "rounds": e.conditions["interleaved"]}
+        # rounds are numbered globally so a resumed run shuffles differently; resume from the
+        # fewest rounds any variant has (variants added later catch up in the same rounds)
+        first_round = min(done.values())
+        needs = {vid: rounds - d for vid, d in done.items()}
+        ready: dict[str, dict] = {}
+        pending: dict[str, dict] = {}
+        backend_info: dict = {}
+        label = f"{backend}/{precision}/{threads}t"
+        n = 0
+        events = self._interleaved_events(needs, backend, precision, threads, rounds,
+                                          first_round)
+        try:
+            for ev in events:
+                kind = ev.pop("event")
+                if kind == "error":
+                    log.warning("%s %s failed: %s", ev["variant"], label, ev["error"])
+                    v = variants[ev["variant"]]
+                    self.table.put(self._entry(v, backend, precision, threads,
+                                               p50_ms=0.0, mean_ms=0.0, error=ev["error"]))
+                    self.table.save(self.table_path)
+                    bar.update(needs[v.id], note=f"{v.id} failed")
+                elif kind == "ready":
+                    ready[ev.pop("variant")] = ev
+                elif kind == "backend":
+                    backend_info = ev
+                elif kind == "burst":
+                    vid = ev.pop("variant")
+                    pending[vid] = ev
+                    n += 1
+                    bar.update(note=f"round {ev['round'] + 1}/{rounds} {vid} "
+                                    f"{ev['p50_ms']:.2f} ms")
+                elif kind == "round":
+                    for vid, b in pending.items():
+                        self._commit_round(variants[vid], backend, precision, threads, state,
+                                           ready.get(vid, {}), backend_info, b,
+                                           ev["conditions"], rounds)
+                    pending = {}
+                    self.table.save(self.table_path)
+                elif kind == "worker_error":
+                    log.warning("%s: %s; the table keeps every complete round, rerun the same "
+                                "command to resume", label, ev["error"])
+                    for vid in variants:
+                        if vid not in state and self.table.get(
+                                self.key, vid, backend, precision, threads) is None:
+                            self.table.put(self._entry(variants[vid], backend, precision,
+                                                       threads, p50_ms=0.0, mean_ms=0.0,
+                                                       error=ev["error"]))
+                    self.table.save(self.table_path)
+                elif kind == "done":
+                    for st in state.values():
+                        st["rounds"]["worker_peak_rss_mb"] = round(ev["peak_rss_mb"], 1)
+                    self.table.save(self.table_path)
+        finally:
+            close = getattr(events, "close", None)
+            if close:
+                close()
+        return n
+
+    def _interleaved_events(self, needs, backend, precision, threads, rounds, first_round):
+        if not self.isolate:
+            try:
+                yield from measure_interleaved(str(self.bundle.path), needs, backend,
+                                               precision, threads, self.protocol, rounds,
+                                               first_round, self.placement)
+            except SnrtError as e:
+                yield {"event": "worker_error", "error": str(e)}
+            return
+        args = {"bundle": str(self.bundle.path), "needs": needs, "backend": backend,
+                "precision": precision, "threads": threads, "placement": self.placement,
+                "protocol": vars(self.protocol), "rounds": rounds, "first_round": first_round}
+        with tempfile.TemporaryFile("w+") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "snrt.profile",
+                                     "--worker-interleaved", json.dumps(args)],
+                                    stdout=subprocess.PIPE, stderr=err, text=True)
+            try:
+                finished = False
+                for line in proc.stdout:
+                    if line.startswith("{"):
+                        ev = json.loads(line)
+                        finished |= ev.get("event") in ("done", "worker_error")
+                        yield ev
+                rc = proc.wait()
+                if rc != 0 or not finished:
+                    err.seek(0)
+                    tail = (err.read().strip().splitlines() or ["no output"])[-1]
+                    yield {"event": "worker_error",
+                           "error": f"worker exited with {rc}: {tail[:300]}"}
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+
+    def _entry(self, v: VariantInfo, backend, precision, threads, **fields) -> Entry:
+        return Entry(bundle=self.key, variant=v.id, cfg_id=v.cfg_id, backend=backend,
+                     precision=precision, threads=threads, flops=v.flops, params=v.params,
+                     accuracy=v.top1,
+                     timestamp=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                     **fields)
+
+    def _commit_round(self, v, backend, precision, threads, state, ready, backend_info, burst,
+                      conditions, rounds) -> None:
+        st = state.get(v.id)
+        if st is None:  # first round of this variant
+            rs = {"target": rounds, "burst_runs": max(1, math.ceil(self.protocol.runs / rounds)),
+                  "burst_seconds": self.protocol.min_seconds / rounds,
+                  "cpu_load_pct_start": conditions.get("cpu_load_pct"),
+                  **{k: [] for k in ROUND_KEYS}}
+            st = state[v.id] = {"entry": None, "rounds": rs}
+            lo, hi = round(burst["min_ms"], 5), round(burst["max_ms"], 5)
+            load_ms, first_ms = ready.get("load_ms"), ready.get("first_run_ms")
+        else:
+            old = st["entry"]
+            lo = min(old.min_ms, round(burst["min_ms"], 5))
+            hi = max(old.max_ms, round(burst["max_ms"], 5))
+            load_ms, first_ms = old.load_ms, old.first_run_ms
+        rs = st["rounds"]
+        rs["target"] = max(rounds, rs.get("target", 0))
+        for k in ROUND_KEYS:
+            val = burst["count"] if k == "count" else burst[f"{k}_ms"]
+            rs.setdefault(k, []).append(val if k == "count" else round(val, 5))
+        rs["p50_median_ms"] = round(float(np.median(rs["p50"])), 5)
+        e = self._entry(v, backend, precision, threads, **interleaved_fields(rs, lo, hi),
+                        first_run_ms=first_ms, load_ms=load_ms, warmup=self.protocol.warmup,
+                        placement=backend_info.get("placement"),
+                        backend_version=backend_info.get("backend_version"),
+                        conditions={"cpu_load_pct_start": rs.get("cpu_load_pct_start"),
+                                    **conditions, "protocol": "interleaved", "interleaved": rs})
+        st["entry"] = e
+        self.table.put(e)
+
     def _measure(self, backend, precision, threads, v) -> dict:
         args = {"bundle": str(self.bundle.path), "variant": v.id, "backend": backend,
                 "precision": precision, "threads": threads, "placement": self.placement,
@@ -236,6 +532,18 @@ def _worker(spec: str) -> int:
     return 0
 
 
+def _worker_interleaved(spec: str) -> int:
+    a = json.loads(spec)
+    try:
+        for ev in measure_interleaved(a["bundle"], a["needs"], a["backend"], a["precision"],
+                                      a["threads"], Protocol(**a["protocol"]), a["rounds"],
+                                      a["first_round"], a.get("placement")):
+            print(json.dumps(ev), flush=True)
+    except SnrtError as e:
+        print(json.dumps({"event": "worker_error", "error": str(e)}), flush=True)
+    return 0
+
+
 def _csv(s: str, cast=str) -> list:
     try:
         return [cast(x) for x in s.split(",") if x.strip()]
@@ -264,6 +572,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="minimum timed seconds per variant (default 1)")
     p.add_argument("--max-seconds", type=float, default=30.0,
                    help="cap on timed seconds per variant (default 30)")
+    p.add_argument("--rounds", type=int, default=0, metavar="K",
+                   help="interleaved protocol: make all selected variants ready in one worker "
+                        "and measure them in K shuffled round-robin rounds of short bursts "
+                        "(--runs and --min-seconds are then totals per variant, split over the "
+                        "rounds); host drift hits all variants alike. 0 (default): the "
+                        "isolated protocol, one fresh worker per variant. See above")
     p.add_argument("--out", default="lookup_tables",
                    help="directory for <device-id>.json, or a .json path (default "
                         "lookup_tables/)")
@@ -312,6 +626,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:
         return _worker(argv[1])
+    if argv[:1] == ["--worker-interleaved"]:
+        return _worker_interleaved(argv[1])
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = _parser().parse_args(argv)
     try:
@@ -324,6 +640,9 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args) -> int:
     t0 = time.monotonic()
     protocol = Protocol(args.runs, args.warmup, args.min_seconds, args.max_seconds)
+    if args.rounds < 0:
+        raise SnrtError(f"--rounds {args.rounds}: give K >= 1 rounds, or 0 for the isolated "
+                        f"protocol")
     out = Path(args.out)
     bundle_path = resolve_bundle(args.bundle)
     if out.suffix != ".json":
@@ -337,17 +656,27 @@ def _main(args) -> int:
     elif args.sample:
         variants = sample_variants(variants, args.sample)
     precisions = args.precision or ["fp32"]
-    items = prof.plan(variants, args.backend, precisions, args.threads, fresh=args.fresh)
     everything = prof.plan(variants, args.backend, precisions, args.threads, fresh=True)
-    skipped = len(everything) - len(items)
-    log.info("profiling %d of %d variants x %s x %s x threads %s on %s -> %s (%d already "
-             "measured)", len(variants), len(prof.bundle.variants), args.backend, precisions,
-             args.threads, prof.table.device.id, out, max(skipped, 0))
+    if args.rounds:
+        items = prof.plan_interleaved(variants, args.backend, precisions, args.threads,
+                                      args.rounds, fresh=args.fresh)
+        partial = sum(1 for *_, done in items if done)
+        how = (f"interleaved, {args.rounds} rounds; {len(everything) - len(items)} complete, "
+               f"{partial} resumed")
+    else:
+        items = prof.plan(variants, args.backend, precisions, args.threads, fresh=args.fresh)
+        how = f"isolated; {len(everything) - len(items)} already measured"
+    log.info("profiling %d of %d variants x %s x %s x threads %s on %s -> %s (%s)",
+             len(variants), len(prof.bundle.variants), args.backend, precisions,
+             args.threads, prof.table.device.id, out, how)
     try:
-        prof.run(items, progress=not args.quiet)
+        if args.rounds:
+            prof.run_interleaved(items, args.rounds, progress=not args.quiet)
+        else:
+            prof.run(items, progress=not args.quiet)
     except KeyboardInterrupt:
-        log.warning("interrupted: %s holds every variant measured so far; rerun the same "
-                    "command to resume", out)
+        log.warning("interrupted: %s holds every variant (isolated) or round (interleaved) "
+                    "measured so far; rerun the same command to resume", out)
         return 130
     if args.predict or args.sample:
         from .latency_model import predict_table

@@ -1,0 +1,151 @@
+"""snrt-profile --rounds K: the interleaved protocol (one worker, shuffled round-robin bursts)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import snrt.profile as profile
+from snrt.errors import SnrtError
+from snrt.lookup_table import Entry, LookupTable
+from snrt.profile import Profiler, interleaved_fields, main, resolve_bundle
+
+IDS = ["ti", "s", "b", "ti>s@1:1", "s>b@5:4"]
+FAST = ["--runs", "3", "--min-seconds", "0", "--warmup", "1", "--quiet"]
+
+
+def _entries(path):
+    t = LookupTable.load(path)
+    return {e.variant: e for e in t.entries}
+
+
+def test_interleaved_entries_for_every_variant(tmp_path):
+    out = tmp_path / "t.json"
+    assert main(["default", "--variants", *IDS, "--rounds", "3", "--in-process",
+                 "--out", str(out), *FAST]) == 0
+    es = _entries(out)
+    assert sorted(es) == sorted(IDS)
+    for e in es.values():
+        il = e.conditions["interleaved"]
+        assert e.conditions["protocol"] == "interleaved" and not e.predicted and not e.error
+        assert len(il["p50"]) == len(il["count"]) == 3 and il["target"] == 3
+        assert il["burst_runs"] == 1 and e.count == sum(il["count"]) >= 3
+        assert e.min_ms <= e.p50_ms == pytest.approx(min(il["p50"]))
+        assert il["p50_median_ms"] == pytest.approx(np.median(il["p50"]), abs=1e-5)
+        assert e.min_ms <= e.p50_ms <= e.max_ms and e.min_ms <= e.mean_ms <= e.max_ms
+        assert e.load_ms > 0 and e.first_run_ms > 0 and e.placement in ("pieces", "graphs")
+        assert e.peak_rss_mb is None and il["worker_peak_rss_mb"] > 10  # not per variant
+        assert "cpu_load_pct" in e.conditions
+    # shared pieces: an anchor's own load is heavier than a stitched variant made from
+    # pieces that are ready already
+    assert es["ti"].load_ms > 0 and es["ti>s@1:1"].load_ms > 0
+
+
+def test_interleaved_resumes_by_rounds_after_interrupt(tmp_path, monkeypatch):
+    out = tmp_path / "t.json"
+    real = profile.measure_interleaved
+
+    def interrupted(*a, **kw):  # dies in the middle of the third round
+        rounds_seen = bursts = 0
+        for ev in real(*a, **kw):
+            if rounds_seen == 2 and ev["event"] == "burst":
+                bursts += 1
+                if bursts == 2:
+                    raise KeyboardInterrupt
+            rounds_seen += ev["event"] == "round"
+            yield ev
+
+    monkeypatch.setattr(profile, "measure_interleaved", interrupted)
+    args = ["default", "--variants", *IDS, "--rounds", "4", "--in-process", "--out", str(out),
+            *FAST]
+    assert main(args) == 130
+    es = _entries(out)  # a valid table: two complete rounds, the partial third dropped
+    assert sorted(es) == sorted(IDS)
+    assert all(len(e.conditions["interleaved"]["p50"]) == 2 for e in es.values())
+    before = {k: list(e.conditions["interleaved"]["p50"]) for k, e in es.items()}
+
+    monkeypatch.setattr(profile, "measure_interleaved", real)
+    prof = Profiler(resolve_bundle("default"), out, isolate=False)
+    vs = [prof.bundle.variant(k) for k in IDS]
+    plan = prof.plan_interleaved(vs, ["onnxruntime"], ["fp32"], [1], rounds=4)
+    assert sorted((v.id, done) for *_, v, done in plan) == sorted((k, 2) for k in IDS)
+    assert main(args) == 0
+    es = _entries(out)
+    for k, e in es.items():
+        il = e.conditions["interleaved"]
+        assert il["p50"][:2] == before[k] and len(il["p50"]) == 4
+        assert e.count == sum(il["count"]) and e.p50_ms == pytest.approx(min(il["p50"]))
+    # complete: nothing left to do at 4 rounds, 2 more rounds each at 6
+    prof = Profiler(resolve_bundle("default"), out, isolate=False)
+    assert prof.plan_interleaved(vs, ["onnxruntime"], ["fp32"], [1], rounds=4) == []
+    assert {done for *_, done in prof.plan_interleaved(vs, ["onnxruntime"], ["fp32"], [1],
+                                                        rounds=6)} == {4}
+
+
+def test_isolated_entries_are_remeasured_not_mixed(tmp_path):
+    out = tmp_path / "t.json"
+    assert main(["default", "--variants", "ti", "s", "--in-process", "--out", str(out),
+                 *FAST]) == 0
+    assert all("interleaved" not in e.conditions for e in _entries(out).values())
+    prof = Profiler(resolve_bundle("default"), out, isolate=False)
+    vs = [prof.bundle.variant(k) for k in ("ti", "s")]
+    assert [done for *_, done in prof.plan_interleaved(vs, ["onnxruntime"], ["fp32"], [1],
+                                                        2)] == [0, 0]
+    assert prof.plan(vs, ["onnxruntime"], ["fp32"], [1]) == []  # the isolated plan: done
+
+
+def test_rejects_bad_rounds(tmp_path, capsys):
+    out = tmp_path / "t.json"
+    assert main(["default", "--variants", "ti", "--rounds", "-2", "--out", str(out),
+                 *FAST]) == 1
+    assert not out.exists()
+    with pytest.raises(SystemExit):
+        main(["default", "--rounds", "many", "--out", str(out)])
+    assert "invalid int value" in capsys.readouterr().err
+    prof = Profiler(resolve_bundle("default"), out, isolate=False)
+    with pytest.raises(SnrtError, match="at least 1 round"):
+        prof.plan_interleaved(prof.bundle.variants[:2], ["onnxruntime"], ["fp32"], [1], 0)
+
+
+def test_interleaved_worker_process_and_crash(tmp_path, monkeypatch):
+    out = tmp_path / "t.json"
+    assert main(["default", "--variants", "ti", "b", "--rounds", "2", "--out", str(out),
+                 *FAST]) == 0
+    es = _entries(out)
+    assert sorted(es) == ["b", "ti"] and all(len(e.conditions["interleaved"]["p50"]) == 2
+                                             for e in es.values())
+    # a worker that dies before any round: error entries, the profile itself goes on
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # shadow numpy in the worker only
+    (tmp_path / "numpy.py").write_text("raise SystemExit(3)\n")
+    assert main(["default", "--variants", "s", "--rounds", "2", "--out", str(out),
+                 *FAST]) == 0
+    e = _entries(out)["s"]
+    assert e.error and "exited with 3" in e.error
+    assert _entries(out)["ti"].error is None  # complete entries are kept
+
+
+def test_pooled_statistics_match_the_concatenated_runs():
+    rng = np.random.default_rng(1)
+    bursts = [rng.gamma(5, 0.2, n) + 1 for n in (7, 30, 12, 1)]
+    rs = {"p50": [float(np.percentile(b, 50)) for b in bursts],
+          "p90": [float(np.percentile(b, 90)) for b in bursts],
+          "p99": [float(np.percentile(b, 99)) for b in bursts],
+          "mean": [float(b.mean()) for b in bursts], "std": [float(b.std()) for b in bursts],
+          "count": [len(b) for b in bursts]}
+    allv = np.concatenate(bursts)
+    f = interleaved_fields(rs, float(allv.min()), float(allv.max()))
+    assert f["count"] == 50 and f["mean_ms"] == pytest.approx(allv.mean())
+    assert f["std_ms"] == pytest.approx(allv.std())
+    assert f["p50_ms"] == min(rs["p50"])
+    assert f["p90_ms"] == pytest.approx(np.median(rs["p90"]))
+    assert f["min_ms"] <= f["p50_ms"] <= f["p90_ms"] <= f["max_ms"]
+
+
+def test_protocol_entry_fields_stay_schema_v1(tmp_path):
+    """No new Entry fields: the interleaved details live in `conditions`, so older snrt reads
+    these tables."""
+    t = LookupTable.new()
+    t.put(Entry("f@x", "a", 0, "onnxruntime", "fp32", 1, 1.0, 1.0,
+                conditions={"protocol": "interleaved", "interleaved": {"p50": [1.0]}}))
+    p = t.save(tmp_path / "x.json")
+    assert LookupTable.load(p).entries[0].conditions["interleaved"]["p50"] == [1.0]
