@@ -6,7 +6,11 @@ variant's structure — GFLOPs, number of blocks run of each anchor, number of s
 (the number of pieces, i.e. session hops, is their sum plus two: already covered) — and the
 model is snrt.predict.GaussianProcessRegressor: a Bayesian linear part (the additive costs) plus
 a GP correction for what is not additive (cache pressure, chain effects), in milliseconds (costs
-add up there, not in log space). Each prediction carries the GP's 1-sigma uncertainty. Fitted
+add up there, not in log space; a fit on log latency did no better in
+benchmarks/latency_predict_bench.py). Each prediction carries a 1-sigma uncertainty for what a
+measurement of the variant would give: the GP's uncertainty about the mean plus the
+measurement noise it fitted (without the noise term, only 62-68% of held-out measurements fell
+inside ±2 sigma on the default family; with it 85-95%). Fitted
 separately for every (backend, precision, threads) in the table; `snrt-profile --sample 20%`
 measures the anchors plus variants spread over FLOPs, which is what this model needs
 (extrapolating to anchors from stitched variants alone is where its errors were largest).
@@ -69,7 +73,7 @@ def predict_table(table: LookupTable, bundle: Bundle) -> int:
         targets = [v for v in bundle.variants if v.id not in measured]
         if not targets:
             continue
-        mean, std = fit_predict(bundle, measured, targets)
+        mean, std = fit_predict(bundle, measured, targets, include_noise=True)
         for v, m, s in zip(targets, mean, std):
             table.put(Entry(bundle=key, variant=v.id, cfg_id=v.cfg_id, backend=backend,
                             precision=precision, threads=threads, p50_ms=float(m),

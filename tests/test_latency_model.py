@@ -43,3 +43,27 @@ def test_profile_sample_writes_predictions(tiny_family, tmp_path):
     predicted = [e for e in t.entries if e.predicted]
     assert len(measured) == 7 and len(predicted) == 16
     assert all(e.p50_ms > 0 and np.isfinite(e.uncertainty_ms) for e in predicted)
+
+
+def test_uncertainty_is_for_a_new_measurement(tiny_family):
+    """Predicted entries carry the sigma of a new measurement (GP mean uncertainty plus the
+    fitted noise), never smaller than the sigma of the mean alone; log fits stay positive."""
+    from snrt.latency_model import fit_predict
+
+    b = Bundle.open(tiny_family["bundle"])
+    key = bundle_key(b)
+    rng = np.random.default_rng(3)
+    measured = {v.id: v.flops / 1e6 * (1 + 0.03 * rng.standard_normal()) + 0.2
+                for v in sample_variants(b.variants, "50%")}
+    targets = [v for v in b.variants if v.id not in measured]
+    m0, s0 = fit_predict(b, measured, targets)
+    m1, s1 = fit_predict(b, measured, targets, include_noise=True)
+    assert np.allclose(m0, m1) and (s1 >= s0).all() and (s1 > s0).any()
+    ml, sl = fit_predict(b, measured, targets, log_target=True)
+    assert (ml > 0).all() and (sl > 0).all()
+    t = LookupTable.new()
+    for k, ms in measured.items():
+        v = b.variant(k)
+        t.put(Entry(key, k, v.cfg_id, "onnxruntime", "fp32", 1, ms, ms))
+    predict_table(t, b)
+    assert np.allclose([t.get(key, v.id).uncertainty_ms for v in targets], s1)
