@@ -150,11 +150,14 @@ def frame_budget(state: PowerState, cfg: PolicyConfig) -> Budget:
 
 def decide(state: PowerState, candidates: list[Candidate], current: str, contention: float,
            now_s: float, last_switch_s: float, cfg: PolicyConfig,
-           dwell_s: float | None = None, misses: MissStats | None = None) -> Decision:
+           dwell_s: float | None = None, misses: MissStats | None = None,
+           last_down_s: float = float("-inf")) -> Decision:
     """Pick the variant for the next frame. Pure: same inputs, same answer.
     dwell_s: the current minimum time between a switch and a step up (default
     cfg.min_dwell_s; the Controller lengthens it after premature step-ups).
-    misses: the current variant's deadline misses (default: none seen)."""
+    misses: the current variant's deadline misses (default: none seen).
+    last_down_s: time of the last step down; a second one within min_dwell_s goes straight to
+    the fastest variant (contention still rising: no cascade of small steps)."""
     dwell_s = cfg.min_dwell_s if dwell_s is None else dwell_s
     misses = misses or MissStats()
     if not candidates:
@@ -171,31 +174,36 @@ def decide(state: PowerState, candidates: list[Candidate], current: str, content
         return Decision("start", best.id, b, contention, est[best.id],
                         f"{note}: start on {best.id} (est {est[best.id]:.1f} ms)", True)
     cur_est = est[cur.id]
+    fastest = min(candidates, key=lambda c: est[c.id])
+    cascade = now_s - last_down_s < cfg.min_dwell_s
+    again = f" (stepped down {now_s - last_down_s:.2f} s ago: to the fastest)" if cascade else ""
     if cur_est > b.budget_ms * (1 + cfg.down_margin):  # must step down, no dwell
         # land where a step up would: with up_margin to spare when some variant has it, so
         # that the next slightly slower frame does not force another step (no cascades)
         roomy = [c for c in fits if est[c.id] <= b.budget_ms * (1 - cfg.up_margin)]
         safe = max(roomy, key=lambda c: (c.accuracy, -est[c.id])) if roomy else best
-        tgt = safe if est[safe.id] < cur_est else min(candidates, key=lambda c: est[c.id])
+        tgt = safe if est[safe.id] < cur_est and not cascade else fastest
         if tgt.id != cur.id:
             return Decision("down", tgt.id, b, contention, est[tgt.id],
                             f"{note}: {cur.id} est {cur_est:.1f} ms over budget -> "
-                            f"{tgt.id} est {est[tgt.id]:.1f} ms", True)
+                            f"{tgt.id} est {est[tgt.id]:.1f} ms{again}", True)
         return Decision("keep", cur.id, b, contention, cur_est, f"{note}: already fastest",
                         False)
     if cfg.miss_limit and misses.misses >= cfg.miss_limit:  # the tail says: too slow here
         # misses scale with the time a frame is exposed to preemption: expect
-        # rate * est(v) / est(cur) for v; take the most accurate below the limit, else fastest
-        limit = cfg.miss_limit / cfg.miss_window
+        # rate * est(v) / est(cur) for v; take the most accurate expected below half the limit
+        # (a decisive step: one that only just passes would be the first of a cascade), else
+        # the fastest
+        limit = cfg.miss_limit / cfg.miss_window / 2
         ok = [c for c in candidates if est[c.id] < cur_est
               and misses.rate * est[c.id] / cur_est < limit]
-        tgt = (max(ok, key=lambda c: (c.accuracy, -est[c.id])) if ok
-               else min(candidates, key=lambda c: est[c.id]))
+        tgt = (max(ok, key=lambda c: (c.accuracy, -est[c.id])) if ok and not cascade
+               else fastest)
         if tgt.id != cur.id:
             return Decision("down", tgt.id, b, contention, est[tgt.id],
                             f"{note}: {cur.id} missed {misses.misses} of its last "
-                            f"{misses.frames} deadlines -> {tgt.id} est {est[tgt.id]:.1f} ms",
-                            True)
+                            f"{misses.frames} deadlines -> {tgt.id} est {est[tgt.id]:.1f} ms"
+                            f"{again}", True)
         return Decision("keep", cur.id, b, contention, cur_est,
                         f"{note}: {misses.misses} misses in {misses.frames} frames, already "
                         "fastest", False)
@@ -223,6 +231,12 @@ class ContentionEstimate:
         self.value = initial
         self._recent: collections.deque[float] = collections.deque(maxlen=window)
         self.n = 0
+
+    def new_variant(self) -> None:
+        """The variant changed: the next jump up needs frames of the new one (keeps the value;
+        without this, one slow frame of the old variant plus one of the new would count as two
+        in a row)."""
+        self._recent.clear()
 
     def update(self, observed_ms: float, table_ms: float) -> float:
         if table_ms <= 0 or self.frozen:
@@ -265,6 +279,7 @@ class Controller:
         self._rt = None
         self._last_switch = -1e9
         self._last_up = -1e9
+        self._last_down = float("-inf")
         self._last_decide = -1e9
         self.dwell_s = config.min_dwell_s
         self._deadline_ms: float | None = None  # budget / headroom of the latest decision
@@ -369,13 +384,16 @@ class Controller:
             self._last_decide = now
             state = self.monitor.read()
             d = decide(state, self.candidates, rt.current.id, self.contention.value, now,
-                       self._last_switch, self.config, self.dwell_s, self.miss_stats(now))
+                       self._last_switch, self.config, self.dwell_s, self.miss_stats(now),
+                       self._last_down)
             self._deadline_ms = d.budget.budget_ms / self.config.headroom
             self._adapt_dwell(d, now)
             if d.switch:
                 self._last_switch = now
                 if d.kind == "up":
                     self._last_up = now
+                elif d.kind == "down":
+                    self._last_down = now
                 self.events.append(ControllerEvent(now, state.to_json(), _dec_json(d)))
                 rt.switch(d.target, reason=d.reason)
             return d
@@ -389,6 +407,7 @@ class Controller:
         if rec.variant != self._miss_variant:
             self._miss_variant = rec.variant
             self._miss_hist.clear()
+            self.contention.new_variant()
         if self._deadline_ms is None:
             self._deadline_ms = (frame_budget(self.monitor.read(), self.config).budget_ms
                                  / self.config.headroom)

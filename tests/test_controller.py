@@ -96,10 +96,23 @@ def test_deadline_misses_step_down_and_hold_off_step_ups():
     ok = MissStats(misses=2, frames=200, clean_frames=10, clean_s=0.1)
     d = decide(state(), cands, "big", 1.0, 10.0, 0.0, cfg, misses=ok)
     assert not d.switch  # 2 misses: under the limit, and a step up is not possible anyway
-    # 4/200 = 2% on big (50 ms): mid (25 ms) expects 1% < 1.5%, mid+ (40 ms) 1.6%
+    # the target must expect under half the limit (0.75%): 3/300 = 1% on big (50 ms) -> mid
+    # (25 ms) expects 0.5%, mid+ (40 ms) 0.8%; 4/200 = 2% -> mid 1%, only tiny (0.4%)
+    d = decide(state(), cands, "big", 1.0, 10.0, 0.0, cfg,
+               misses=MissStats(misses=3, frames=300, clean_frames=0, clean_s=0.0))
+    assert d.switch and d.kind == "down" and d.target == "mid" and "missed 3" in d.reason
     d = decide(state(), cands, "big", 1.0, 10.0, 0.0, cfg,
                misses=MissStats(misses=4, frames=200, clean_frames=0, clean_s=0.0))
-    assert d.switch and d.kind == "down" and d.target == "mid" and "missed 4" in d.reason
+    assert d.target == "tiny"
+    # a second step down soon after the first goes straight to the fastest
+    cfg2 = PolicyConfig(target_fps=10, headroom=1.0, min_dwell_s=1.0, up_margin=0.2)
+    d = decide(state(), cands, "big", 1.0, 10.0, 0.0, cfg2,
+               misses=MissStats(misses=3, frames=300), last_down_s=9.5)
+    assert d.target == "tiny" and "to the fastest" in d.reason
+    d = decide(state(), cands, "big", 2.1, 10.0, 0.0, cfg2)  # big 105 ms: over budget
+    assert d.target == "mid"
+    d = decide(state(), cands, "big", 2.1, 10.0, 0.0, cfg2, last_down_s=9.5)
+    assert d.target == "tiny" and "to the fastest" in d.reason
     # 20% misses: nothing is expected below the limit -> fastest
     d = decide(state(), cands, "big", 1.0, 10.0, 0.0, cfg,
                misses=MissStats(misses=40, frames=200, clean_frames=0, clean_s=0.0))
@@ -135,9 +148,12 @@ def test_controller_sees_tail_contention_the_median_misses():
     ctl.attach(rt)
     rng = np.random.default_rng(1)
 
+    used = []
+
     def frames(n, spike_p):
         for _ in range(n):
             cur = rt.current.id
+            used.append(cur)
             ms = ctl.base_ms[cur] * (1 + rng.normal(0, 0.03))
             if rng.random() < spike_p * ctl.base_ms[cur] / 50:  # exposure ~ duration
                 ms += 80.0
@@ -148,12 +164,15 @@ def test_controller_sees_tail_contention_the_median_misses():
     assert rt.switches == [] and ctl.deadline_misses == 0
     frames(400, 0.03)
     assert ctl.contention.value < 1.2  # the median did not move
-    assert rt.switches and rt.current.id in ("tiny", "mid")
-    downs = len(rt.switches)
-    assert downs <= 2, rt.switches
+    assert rt.switches and "missed" in rt.switches[0][1]
+    first_down = next(i for i, v in enumerate(used) if v != "big")
+    assert first_down < 400 + 250  # seen within a few hundred frames
+    assert np.mean([v != "big" for v in used[first_down:]]) > 0.7  # and mostly acted on
+    assert len(rt.switches) <= 4, rt.switches  # a retry of big after 30 s clean at most
+    n = len(rt.switches)
     frames(500, 0.0)  # 400 frames or 30 s without a miss, then one step up
-    assert rt.current.id == "big" and len(rt.switches) == downs + 1, rt.switches
-    assert "room for big" in rt.switches[-1][1]
+    assert rt.current.id == "big" and len(rt.switches) <= n + 1, rt.switches
+    assert ctl.deadline_misses > 0
 
 
 class FakeRuntime:
