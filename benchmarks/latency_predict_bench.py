@@ -49,6 +49,8 @@ def main(argv=None) -> int:
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--fraction", type=float, default=0.2)
+    ap.add_argument("--stat", default="p50_ms", choices=["p50_ms", "min_ms", "mean_ms"],
+                    help="which measured statistic is the truth (default p50_ms)")
     ap.add_argument("--splits", type=int, default=20)
     ap.add_argument("--models", type=lambda x: x.split(","), default=["ms", "log"],
                     help="comma list of predictor fits to compare: ms (GP on latency in ms, "
@@ -65,7 +67,7 @@ def main(argv=None) -> int:
     def measured_of(path):
         es = LookupTable.load(path).select(key, args.backend, args.precision, args.threads,
                                            measured_only=True)
-        return {e.variant: e.p50_ms for e in es}
+        return {e.variant: getattr(e, args.stat) for e in es}
 
     measured = measured_of(args.table)
     if len(measured) < len(b.variants):
@@ -101,7 +103,8 @@ def main(argv=None) -> int:
                          "within10": float(np.mean(rel <= 0.10)),
                          "median": float(np.median(rel)), "max": float(rel.max())})
     print(f"# {b.name}: {len(measured)} measured variants, {args.backend}/{args.precision}/"
-          f"{args.threads}t, train {n_train} ({args.fraction:.0%}); {time.monotonic() - t0:.1f}s")
+          f"{args.threads}t, {args.stat}, train {n_train} ({args.fraction:.0%}); "
+          f"{time.monotonic() - t0:.1f}s")
     print(fmt_table(rows, ["sample", "within5", "within10", "median", "max", "cover2s",
                            "cover2s_meas"]))
     print("within5/within10: share of held-out variants within ±5%/±10% of measured p50; "

@@ -125,7 +125,8 @@ def measure_variant(bundle_path: str, variant: str, backend: str, precision: str
                            "plugged": end.plugged, "power_saving": end.power_saving}}
 
 
-ROUND_KEYS = ("p10", "p50", "p90", "p99", "mean", "std", "count")
+ROUND_KEYS = ("p50", "p90", "p99", "mean", "std", "count")  # per-round burst statistics kept
+DROP_WHEN_COMPLETE = ("p90", "p99", "mean", "std", "count")  # ... until the target is reached
 
 
 def _conditions(state) -> dict:
@@ -330,8 +331,10 @@ class Profiler:
                          precisions: list[str], threads: list[int], rounds: int,
                          fresh: bool = False) -> list[tuple]:
         """(backend, precision, threads, variant, rounds done) for every entry that has fewer
-        than `rounds` interleaved rounds. Entries measured otherwise (isolated protocol, errors,
-        predictions) start from 0: their numbers are not comparable with a common-mode run."""
+        than `rounds` interleaved rounds. An interrupted run resumes by rounds; entries
+        measured otherwise (isolated protocol, errors, predictions) or complete at fewer
+        rounds start from 0: their numbers are not comparable with a common-mode run, and a
+        complete entry keeps only its burst medians (the table stays small)."""
         if rounds < 1:
             raise SnrtError(f"--rounds {rounds}: give at least 1 round (0 = isolated protocol)")
         items = []
@@ -340,7 +343,10 @@ class Profiler:
             e = self.table.get(self.key, v.id, backend, precision, t)
             done = 0
             if e is not None and not fresh and not e.predicted and e.error is None:
-                done = len(e.conditions.get("interleaved", {}).get("p50", []))
+                rs = e.conditions.get("interleaved", {})
+                done = len(rs.get("p50", []))
+                if done < rounds and "count" not in rs:
+                    done = 0  # complete at fewer rounds: the pooled statistics are gone
             if done < rounds:
                 items.append((backend, precision, t, v, done))
         return items
@@ -488,7 +494,11 @@ class Profiler:
             val = burst["count"] if k == "count" else burst[f"{k}_ms"]
             rs.setdefault(k, []).append(val if k == "count" else round(val, 5))
         rs["p50_median_ms"] = round(float(np.median(rs["p50"])), 5)
-        e = self._entry(v, backend, precision, threads, **interleaved_fields(rs, lo, hi),
+        fields = interleaved_fields(rs, lo, hi)
+        if len(rs["p50"]) >= rs["target"]:  # complete: keep the burst medians only
+            for k in DROP_WHEN_COMPLETE:
+                rs.pop(k, None)
+        e = self._entry(v, backend, precision, threads, **fields,
                         first_run_ms=first_ms, load_ms=load_ms, warmup=self.protocol.warmup,
                         placement=backend_info.get("placement"),
                         backend_version=backend_info.get("backend_version"),
