@@ -9,8 +9,8 @@ a GP correction for what is not additive (cache pressure, chain effects), in mil
 add up there, not in log space; a fit on log latency did no better in
 benchmarks/latency_predict_bench.py). Each prediction carries a 1-sigma uncertainty for what a
 measurement of the variant would give: the GP's uncertainty about the mean plus the
-measurement noise it fitted (without the noise term, only 62-68% of held-out measurements fell
-inside ±2 sigma on the default family; with it 85-95%). Fitted
+measurement noise it fitted (on random 20% splits of six profiles, 58-70% of the held-out
+measurements fell inside ±2 sigma without the noise term, 80-87% with it). Fitted
 separately for every (backend, precision, threads) in the table; `snrt-profile --sample 20%`
 measures the anchors plus variants spread over FLOPs, which is what this model needs
 (extrapolating to anchors from stitched variants alone is where its errors were largest).
