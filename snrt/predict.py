@@ -425,6 +425,20 @@ class GaussianProcessRegressor:
         return mean, std
 
 
+def _rank_training_data(X, ranks) -> tuple[np.ndarray, np.ndarray]:
+    """Encodings (n, f) and ranks (n,) or (n, tasks) as float arrays, ranks always 2-D."""
+    X = np.asarray(X, dtype=float)
+    R = np.asarray(ranks, dtype=float)
+    if R.ndim == 1:
+        R = R[:, None]
+    if X.ndim != 2 or R.ndim != 2 or len(X) != len(R):
+        raise ValueError(f"X must be (n, f) and ranks (n,) or (n, tasks); got {X.shape}, "
+                         f"{np.shape(ranks)}")
+    if len(X) < 3:
+        raise ValueError("need at least 3 training rows")
+    return X, R
+
+
 # -- the subnet accuracy ranker ----------------------------------------------------------------
 @dataclass(frozen=True)
 class RankSetting:
@@ -481,15 +495,7 @@ class SubnetRankPredictor:
 
     def fit(self, X: np.ndarray, ranks: np.ndarray) -> SubnetRankPredictor:
         """Fit to encodings `X` (n, f) and ranks (n,) or (n, tasks), lower = better."""
-        X = np.asarray(X, dtype=float)
-        R = np.asarray(ranks, dtype=float)
-        if R.ndim == 1:
-            R = R[:, None]
-        if X.ndim != 2 or R.ndim != 2 or len(X) != len(R):
-            raise ValueError(f"X must be (n, f) and ranks (n,) or (n, tasks); got {X.shape}, "
-                             f"{np.shape(ranks)}")
-        if len(X) < 3:
-            raise ValueError("need at least 3 training rows")
+        X, R = _rank_training_data(X, ranks)
         self._X = X
         self._sq = (X * X).sum(1)
         self._scale = float(self._sq.mean()) or 1.0
@@ -574,15 +580,7 @@ class MultiTaskLinearGP:
 
     def fit(self, X: np.ndarray, ranks: np.ndarray) -> MultiTaskLinearGP:
         """Fit to encodings `X` (n, f) and ranks (n,) or (n, tasks), lower = better."""
-        X = np.asarray(X, dtype=float)
-        R = np.asarray(ranks, dtype=float)
-        if R.ndim == 1:
-            R = R[:, None]
-        if X.ndim != 2 or R.ndim != 2 or len(X) != len(R):
-            raise ValueError(f"X must be (n, f) and ranks (n,) or (n, tasks); got {X.shape}, "
-                             f"{np.shape(ranks)}")
-        if len(X) < 3:
-            raise ValueError("need at least 3 training rows")
+        X, R = _rank_training_data(X, ranks)
         if not (np.isfinite(X).all() and np.isfinite(R).all()):
             raise ValueError("X and ranks must be finite")
         Z = np.column_stack([normal_scores(R[:, t]) for t in range(R.shape[1])])
