@@ -82,6 +82,38 @@ def _stats(lat_ms: list[float]) -> dict:
             "max_ms": float(a.max())}
 
 
+def _runtime_opts(backend: str, precision: str, placement: str | None) -> dict:
+    opts = {"precision": precision}
+    if backend == "onnxruntime" and placement:
+        opts["placement"] = placement
+    return opts
+
+
+def _probe_input(rt) -> np.ndarray:
+    """The fixed input every measurement uses (batch 1, seeded)."""
+    shape = [1 if isinstance(d, str) else d for d in rt.bundle.manifest.input["shape"]]
+    return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+
+
+def _timed_runs(rt, x, runs: int, min_s: float, cap_s: float, variant: str | None = None
+                ) -> list[float]:
+    """Timed runs until at least `runs` runs and `min_s` seconds, capped at `cap_s` seconds."""
+    lat: list[float] = []
+    t_start = time.perf_counter()
+    while True:
+        elapsed = time.perf_counter() - t_start
+        if elapsed >= cap_s or (len(lat) >= runs and elapsed >= min_s):
+            return lat
+        lat.append(rt.run(x, variant=variant).latency_ms)
+
+
+def _conditions(state) -> dict:
+    return {"cpu_load_pct": state.cpu_load_pct, "cpu_freq_mhz": state.cpu_freq_mhz,
+            "temperature_c": state.temperature_c, "thermal_status": state.thermal_status,
+            "battery_pct": state.battery_pct, "plugged": state.plugged,
+            "power_saving": state.power_saving}
+
+
 def measure_variant(bundle_path: str, variant: str, backend: str, precision: str, threads: int,
                     protocol: Protocol, placement: str | None = None) -> dict:
     """Measure one variant in this process (the worker side). Returns the Entry fields."""
@@ -89,27 +121,16 @@ def measure_variant(bundle_path: str, variant: str, backend: str, precision: str
     from .runtime import Runtime
 
     monitor = SystemMonitor()
-    opts = {"precision": precision}
-    if backend == "onnxruntime" and placement:
-        opts["placement"] = placement
     t0 = time.perf_counter()
     rt = Runtime(bundle_path, backend=backend, threads=threads, variants=[variant],
-                 initial=variant, verify=False, **opts)
+                 initial=variant, verify=False, **_runtime_opts(backend, precision, placement))
     load_ms = (time.perf_counter() - t0) * 1e3
-    shape = [1 if isinstance(d, str) else d for d in rt.bundle.manifest.input["shape"]]
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    x = _probe_input(rt)
     start_state = monitor.read()
     first = rt.run(x).latency_ms
     for _ in range(protocol.warmup):
         rt.run(x)
-    lat: list[float] = []
-    t_start = time.perf_counter()
-    while True:
-        elapsed = time.perf_counter() - t_start
-        if elapsed >= protocol.max_seconds or (len(lat) >= protocol.runs
-                                                and elapsed >= protocol.min_seconds):
-            break
-        lat.append(rt.run(x).latency_ms)
+    lat = _timed_runs(rt, x, protocol.runs, protocol.min_seconds, protocol.max_seconds)
     end = monitor.read()
     info = rt.stats()["backend"]
     rt.close()
@@ -119,21 +140,11 @@ def measure_variant(bundle_path: str, variant: str, backend: str, precision: str
             "peak_rss_mb": peak_kb / 1024, "warmup": protocol.warmup,
             "placement": info.get("placement"), "backend_version": info.get("version"),
             "conditions": {"cpu_load_pct_start": start_state.cpu_load_pct,
-                           "cpu_load_pct": end.cpu_load_pct, "cpu_freq_mhz": end.cpu_freq_mhz,
-                           "temperature_c": end.temperature_c,
-                           "thermal_status": end.thermal_status, "battery_pct": end.battery_pct,
-                           "plugged": end.plugged, "power_saving": end.power_saving}}
+                           **_conditions(end)}}
 
 
 ROUND_KEYS = ("p50", "p90", "p99", "mean", "std", "count")  # per-round burst statistics kept
 DROP_WHEN_COMPLETE = ("p90", "p99", "mean", "std", "count")  # ... until the target is reached
-
-
-def _conditions(state) -> dict:
-    return {"cpu_load_pct": state.cpu_load_pct, "cpu_freq_mhz": state.cpu_freq_mhz,
-            "temperature_c": state.temperature_c, "thermal_status": state.thermal_status,
-            "battery_pct": state.battery_pct, "plugged": state.plugged,
-            "power_saving": state.power_saving}
 
 
 def measure_interleaved(bundle_path: str, needs: dict[str, int], backend: str, precision: str,
@@ -149,9 +160,7 @@ def measure_interleaved(bundle_path: str, needs: dict[str, int], backend: str, p
     from .runtime import Runtime
 
     monitor = SystemMonitor()
-    opts = {"precision": precision}
-    if backend == "onnxruntime" and placement:
-        opts["placement"] = placement
+    opts = _runtime_opts(backend, precision, placement)
     ids = list(needs)
     rt = None
     x = None
@@ -162,8 +171,7 @@ def measure_interleaved(bundle_path: str, needs: dict[str, int], backend: str, p
             if rt is None:
                 rt = Runtime(bundle_path, backend=backend, threads=threads, variants=ids,
                              initial=vid, lazy=True, verify=False, **opts)
-                shape = [1 if isinstance(d, str) else d for d in rt.bundle.manifest.input["shape"]]
-                x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+                x = _probe_input(rt)
             else:
                 rt.switch(vid, reason="profile")
             load_ms = (time.perf_counter() - t0) * 1e3
@@ -188,13 +196,7 @@ def measure_interleaved(bundle_path: str, needs: dict[str, int], backend: str, p
         np.random.default_rng([0x5A27, r]).shuffle(order)
         for vid in order:
             rt.run(x, variant=vid)  # untimed: back into cache after the other variants
-            lat: list[float] = []
-            t_start = time.perf_counter()
-            while True:
-                elapsed = time.perf_counter() - t_start
-                if elapsed >= cap_s or (len(lat) >= burst_runs and elapsed >= burst_s):
-                    break
-                lat.append(rt.run(x, variant=vid).latency_ms)
+            lat = _timed_runs(rt, x, burst_runs, burst_s, cap_s, variant=vid)
             yield {"event": "burst", "variant": vid, "round": r, **_stats(lat),
                    "p10_ms": float(np.percentile(lat, 10))}
         yield {"event": "round", "round": r, "conditions": _conditions(monitor.read())}
@@ -310,12 +312,9 @@ class Profiler:
         with Progress(len(items), "profile", enabled=progress) as bar:
             for backend, precision, threads, v in items:
                 fields = self._measure(backend, precision, threads, v)
-                entry = Entry(bundle=self.key, variant=v.id, cfg_id=v.cfg_id, backend=backend,
-                              precision=precision, threads=threads, flops=v.flops,
-                              params=v.params, accuracy=v.top1,
-                              timestamp=_dt.datetime.now(_dt.timezone.utc).isoformat(
-                                  timespec="seconds"),
-                              **{"p50_ms": float("nan"), "mean_ms": float("nan"), **fields})
+                entry = self._entry(v, backend, precision, threads,
+                                    **{"p50_ms": float("nan"), "mean_ms": float("nan"),
+                                       **fields})
                 if entry.error:
                     log.warning("%s %s/%s/%dt failed: %s", v.id, backend, precision, threads,
                                 entry.error)
