@@ -42,19 +42,26 @@ def variant_features(bundle: Bundle, variants: list[VariantInfo]) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64)
 
 
+def fit_model(bundle: Bundle, measured: dict[str, float], *, log_target: bool = False
+              ) -> GaussianProcessRegressor:
+    """The latency GP fitted on {variant id: latency ms}; predict with
+    `gp.predict(variant_features(bundle, targets), include_noise=...)`.
+
+    log_target: fit log latency (relative errors weigh the same for 1 ms and 400 ms variants)."""
+    train = [bundle.variant(k) for k in measured]
+    X, y = variant_features(bundle, train), np.array([measured[v.id] for v in train])
+    return GaussianProcessRegressor(log_target=log_target).fit(X, y)
+
+
 def fit_predict(bundle: Bundle, measured: dict[str, float], targets: list[VariantInfo], *,
                 log_target: bool = False, include_noise: bool = False
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Fit on {variant id: latency ms}; return (mean ms, 1-sigma ms) for `targets`.
 
-    log_target: fit log latency (relative errors weigh the same for 1 ms and 400 ms variants).
     include_noise: the 1-sigma of a new *measurement* of the target (model uncertainty plus
     the measurement noise the GP fitted), not of its noiseless mean."""
-    train = [bundle.variant(k) for k in measured]
-    X, y = variant_features(bundle, train), np.array([measured[v.id] for v in train])
-    gp = GaussianProcessRegressor(log_target=log_target).fit(X, y)
-    mean, std = gp.predict(variant_features(bundle, targets), include_noise=include_noise)
-    return mean, std
+    gp = fit_model(bundle, measured, log_target=log_target)
+    return gp.predict(variant_features(bundle, targets), include_noise=include_noise)
 
 
 def predict_table(table: LookupTable, bundle: Bundle) -> int:
