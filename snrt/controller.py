@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import threading
 import time
@@ -167,14 +168,13 @@ def decide(state: PowerState, candidates: list[Candidate], current: str, content
     by_id = {c.id: c for c in candidates}
     cur = by_id.get(current)
     fits = [c for c in candidates if est[c.id] <= b.budget_ms]
-    best = (max(fits, key=lambda c: (c.accuracy, -est[c.id])) if fits
-            else min(candidates, key=lambda c: est[c.id]))
+    fastest = min(candidates, key=lambda c: est[c.id])
+    best = max(fits, key=lambda c: (c.accuracy, -est[c.id])) if fits else fastest
     note = f"budget {b.budget_ms:.1f} ms ({b.why}), contention x{contention:.2f}"
     if cur is None:  # the current variant is not a candidate (pinned before, or off-front)
         return Decision("start", best.id, b, contention, est[best.id],
                         f"{note}: start on {best.id} (est {est[best.id]:.1f} ms)", True)
     cur_est = est[cur.id]
-    fastest = min(candidates, key=lambda c: est[c.id])
     cascade = now_s - last_down_s < cfg.min_dwell_s
     again = f" (stepped down {now_s - last_down_s:.2f} s ago: to the fastest)" if cascade else ""
     if cur_est > b.budget_ms * (1 + cfg.down_margin):  # must step down, no dwell
@@ -456,10 +456,10 @@ class Controller:
 
 
 def _miss_json(m: MissStats) -> dict:
-    big = m.clean_frames >= 1 << 30 or m.clean_s == float("inf")  # no miss yet
+    none_yet = math.isinf(m.clean_s)  # JSON has no infinity
     return {"misses": m.misses, "frames": m.frames,
-            "clean_frames": None if big else m.clean_frames,
-            "clean_s": None if big else m.clean_s}
+            "clean_frames": None if none_yet else m.clean_frames,
+            "clean_s": None if none_yet else m.clean_s}
 
 
 def _dec_json(d: Decision) -> dict:

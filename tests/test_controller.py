@@ -140,12 +140,8 @@ def test_controller_sees_tail_contention_the_median_misses():
     counter does, within a few hundred frames. When the spikes stop, one step back up."""
     from snrt.runtime import FrameRecord
 
-    clock = SimulatedClock()
     cfg = PolicyConfig(target_fps=10, headroom=1.0, min_dwell_s=1.0, up_margin=0.15)
-    ctl = Controller(SimulatedMonitor(clock=clock), {c.id: c.base_ms for c in CANDS},
-                     {c.id: c.accuracy for c in CANDS}, config=cfg, clock=clock)
-    rt = FakeRuntime("big")
-    ctl.attach(rt)
+    clock, ctl, rt = _simulated(cfg)
     rng = np.random.default_rng(1)
 
     used = []
@@ -185,18 +181,24 @@ class FakeRuntime:
         self.switches.append((vid, reason))
 
 
+def _simulated(cfg: PolicyConfig) -> tuple[SimulatedClock, Controller, FakeRuntime]:
+    """A controller over CANDS on a simulated clock, attached to a fake runtime on 'big'."""
+    clock = SimulatedClock()
+    ctl = Controller(SimulatedMonitor(clock=clock), {c.id: c.base_ms for c in CANDS},
+                     {c.id: c.accuracy for c in CANDS}, config=cfg, clock=clock)
+    rt = FakeRuntime("big")
+    ctl.attach(rt)
+    return clock, ctl, rt
+
+
 def test_noisy_latencies_do_not_flap():
     """Frame latencies noisy around the budget (±15%, 1 sigma) for 100 s of frames: the
     hysteresis and the dwell backoff bound the switches, where a naive 'most accurate that
     fits' picker flips hundreds of times."""
     from snrt.runtime import FrameRecord
 
-    clock = SimulatedClock()
     cfg = PolicyConfig(target_fps=10, headroom=1.0, min_dwell_s=2.0, up_margin=0.15)
-    ctl = Controller(SimulatedMonitor(clock=clock), {c.id: c.base_ms for c in CANDS},
-                     {c.id: c.accuracy for c in CANDS}, config=cfg, clock=clock)
-    rt = FakeRuntime("big")
-    ctl.attach(rt)
+    clock, ctl, rt = _simulated(cfg)
     rng = np.random.default_rng(0)
     naive = 0
     for _ in range(1000):  # 10 frames/s
