@@ -439,6 +439,14 @@ def _rank_training_data(X, ranks) -> tuple[np.ndarray, np.ndarray]:
     return X, R
 
 
+def _query_rows(X, n_features: int) -> np.ndarray:
+    """Encodings to predict, (m, n_features), as floats."""
+    X = np.asarray(X, dtype=float)
+    if X.ndim != 2 or X.shape[1] != n_features:
+        raise ValueError(f"X must be (m, {n_features}), got {X.shape}")
+    return X
+
+
 # -- the subnet accuracy ranker ----------------------------------------------------------------
 @dataclass(frozen=True)
 class RankSetting:
@@ -532,9 +540,7 @@ class SubnetRankPredictor:
         """Scores (m, tasks); lower = predicted better (same direction as ranks)."""
         if not hasattr(self, "_chosen"):
             raise RuntimeError("call fit() before predict()")
-        X = np.asarray(X, dtype=float)
-        if X.ndim != 2 or X.shape[1] != self._X.shape[1]:
-            raise ValueError(f"X must be (m, {self._X.shape[1]}), got {X.shape}")
+        X = _query_rows(X, self._X.shape[1])
         G, D2 = self._grams(X)
         out = np.zeros((len(X), len(self._chosen)))
         cache: dict[tuple[float, float], np.ndarray] = {}
@@ -640,9 +646,7 @@ class MultiTaskLinearGP:
         """Scores (m, tasks); lower = predicted better (same direction as ranks)."""
         if not hasattr(self, "_alpha"):
             raise RuntimeError("call fit() before predict()")
-        X = np.asarray(X, dtype=float)
-        if X.ndim != 2 or X.shape[1] != self._X.shape[1]:
-            raise ValueError(f"X must be (m, {self._X.shape[1]}), got {X.shape}")
+        X = _query_rows(X, self._X.shape[1])
         return (X @ self._X.T / self._scale) @ self._alpha @ self._B + self._z_mean
 
 
