@@ -22,6 +22,14 @@ I/O wait) the controller:
    when the better variant fits with `up_margin` to spare, `min_dwell_s` has passed since the
    last switch, and there has been no miss for `clean_frames` frames or `clean_s` seconds (so
    noisy readings do not make it flap). Each switch carries its reason.
+6. remembers "home": the most accurate variant left by a step down that contention caused
+   (the budget had not shrunk). Once the clean window shows the load has gone, one step up goes
+   straight back home, even when the estimate measured on the small variant would allow less:
+   a frame loop's small variants carry a larger fixed cost per frame than the table's
+   back-to-back figure (on this VM a paced `ti` frame is 2.9x its table p50, `b` 1.3x), so
+   the contention read on them overstates it for the big ones and would climb back in two
+   steps. A return that meets the load again steps down within a few frames and doubles the
+   dwell, like any premature step up.
 
 `decide()` is a pure function of (state, estimates, current, time): easy to test and tune.
 """
@@ -122,6 +130,9 @@ class Decision:
     est_ms: float
     reason: str
     switch: bool
+    home: bool = False  # a return to the variant before a load: re-learn contention on it
+    load: bool = False  # a step down forced by a clear load: over budget by more than the
+    # hysteresis band (up_margin), or by deadline misses; not a figure wobbling at the edge
 
 
 def frame_budget(state: PowerState, cfg: PolicyConfig) -> Budget:
@@ -152,13 +163,16 @@ def frame_budget(state: PowerState, cfg: PolicyConfig) -> Budget:
 def decide(state: PowerState, candidates: list[Candidate], current: str, contention: float,
            now_s: float, last_switch_s: float, cfg: PolicyConfig,
            dwell_s: float | None = None, misses: MissStats | None = None,
-           last_down_s: float = float("-inf")) -> Decision:
+           last_down_s: float = float("-inf"), home: str | None = None,
+           home_budget_ms: float = float("inf")) -> Decision:
     """Pick the variant for the next frame. Pure: same inputs, same answer.
     dwell_s: the current minimum time between a switch and a step up (default
     cfg.min_dwell_s; the Controller lengthens it after premature step-ups).
     misses: the current variant's deadline misses (default: none seen).
     last_down_s: time of the last step down; a second one within min_dwell_s goes straight to
-    the fastest variant (contention still rising: no cascade of small steps)."""
+    the fastest variant (contention still rising: no cascade of small steps).
+    home, home_budget_ms: the variant a contention-caused step down left, and the budget then;
+    a clean step up may return to it directly while the budget is at least that large."""
     dwell_s = cfg.min_dwell_s if dwell_s is None else dwell_s
     misses = misses or MissStats()
     if not candidates:
@@ -186,7 +200,8 @@ def decide(state: PowerState, candidates: list[Candidate], current: str, content
         if tgt.id != cur.id:
             return Decision("down", tgt.id, b, contention, est[tgt.id],
                             f"{note}: {cur.id} est {cur_est:.1f} ms over budget -> "
-                            f"{tgt.id} est {est[tgt.id]:.1f} ms{again}", True)
+                            f"{tgt.id} est {est[tgt.id]:.1f} ms{again}", True,
+                            load=cur_est > b.budget_ms * (1 + cfg.up_margin))
         return Decision("keep", cur.id, b, contention, cur_est, f"{note}: already fastest",
                         False)
     if cfg.miss_limit and misses.misses >= cfg.miss_limit:  # the tail says: too slow here
@@ -203,7 +218,7 @@ def decide(state: PowerState, candidates: list[Candidate], current: str, content
             return Decision("down", tgt.id, b, contention, est[tgt.id],
                             f"{note}: {cur.id} missed {misses.misses} of its last "
                             f"{misses.frames} deadlines -> {tgt.id} est {est[tgt.id]:.1f} ms"
-                            f"{again}", True)
+                            f"{again}", True, load=True)
         return Decision("keep", cur.id, b, contention, cur_est,
                         f"{note}: {misses.misses} misses in {misses.frames} frames, already "
                         "fastest", False)
@@ -211,6 +226,16 @@ def decide(state: PowerState, candidates: list[Candidate], current: str, content
     if clean and now_s - last_switch_s >= dwell_s:  # step up to the best that fits roomily
         roomy = [c for c in fits if c.accuracy > cur.accuracy
                  and est[c.id] <= b.budget_ms * (1 - cfg.up_margin)]
+        back = by_id.get(home) if home is not None else None
+        if back is not None and back.accuracy > cur.accuracy \
+                and b.budget_ms >= home_budget_ms * (1 - 1e-9) \
+                and all(c.accuracy <= back.accuracy for c in roomy):
+            quiet = (f"{misses.clean_frames} frames" if misses.clean_frames < 1 << 30
+                     else "ever")
+            return Decision("up", back.id, b, contention, est[back.id],
+                            f"{note}: no miss for {quiet}: back to {back.id}, the variant "
+                            f"before the slowdown (top1 {back.accuracy:.2f} > "
+                            f"{cur.accuracy:.2f})", True, home=True)
         if roomy:
             c = max(roomy, key=lambda c: (c.accuracy, -est[c.id]))
             return Decision("up", c.id, b, contention, est[c.id],
@@ -231,6 +256,13 @@ class ContentionEstimate:
         self.value = initial
         self._recent: collections.deque[float] = collections.deque(maxlen=window)
         self.n = 0
+
+    def reset(self, value: float = 1.0) -> None:
+        """Forget what was learnt (the ratio read on one variant does not carry to another,
+        e.g. on a return home after a load); the next frames set it again."""
+        if not self.frozen:
+            self.value = value
+        self._recent.clear()
 
     def new_variant(self) -> None:
         """The variant changed: the next jump up needs frames of the new one (keeps the value;
@@ -281,6 +313,8 @@ class Controller:
         self._last_up = -1e9
         self._last_down = float("-inf")
         self._last_decide = -1e9
+        self._home: tuple[str, float] | None = None  # (variant, budget_ms): see decide()
+        self._budget_ms: float | None = None  # budget of the latest decision
         self.dwell_s = config.min_dwell_s
         self._deadline_ms: float | None = None  # budget / headroom of the latest decision
         self._miss_variant: str | None = None  # whose frames the miss counters below hold
@@ -357,6 +391,7 @@ class Controller:
             raise SnrtError("controller is not attached to a runtime")
         v = rt.bundle.variant(variant)
         self._pinned = v.id
+        self._home = None
         rt.switch(v.id, reason="pinned by the app")
 
     def unpin(self) -> None:
@@ -383,11 +418,13 @@ class Controller:
         try:
             self._last_decide = now
             state = self.monitor.read()
+            home, home_budget = self._home or (None, float("inf"))
             d = decide(state, self.candidates, rt.current.id, self.contention.value, now,
                        self._last_switch, self.config, self.dwell_s, self.miss_stats(now),
-                       self._last_down)
+                       self._last_down, home, home_budget)
             self._deadline_ms = d.budget.budget_ms / self.config.headroom
             self._adapt_dwell(d, now)
+            self._track_home(d, rt.current.id)
             if d.switch:
                 self._last_switch = now
                 if d.kind == "up":
@@ -395,10 +432,25 @@ class Controller:
                 elif d.kind == "down":
                     self._last_down = now
                 self.events.append(ControllerEvent(now, state.to_json(), _dec_json(d)))
+                if d.home:
+                    self.contention.reset()
                 rt.switch(d.target, reason=d.reason)
             return d
         finally:
             self._lock.release()
+
+    def _track_home(self, d: Decision, current: str) -> None:
+        """A step down forced by a load at an unchanged budget leaves home behind, unless home
+        is already more accurate; reaching or passing home, or a start, forgets it."""
+        acc = {c.id: c.accuracy for c in self.candidates}
+        prev, self._budget_ms = self._budget_ms, d.budget.budget_ms
+        if d.load and current in acc and prev is not None \
+                and d.budget.budget_ms >= prev * (1 - 1e-9):
+            if self._home is None or acc[current] > acc.get(self._home[0], -math.inf):
+                self._home = (current, d.budget.budget_ms)
+        elif d.kind == "start" or (d.kind == "up" and self._home is not None
+                                   and acc[d.target] >= acc.get(self._home[0], -math.inf)):
+            self._home = None
 
     def _count_miss(self, rec, now: float) -> None:
         """Record whether this frame missed the deadline in force. The miss window is per
@@ -449,7 +501,7 @@ class Controller:
         return {"state": state.to_json(), "budget_ms": b.budget_ms, "budget_why": b.why,
                 "contention": self.contention.value, "pinned": self._pinned,
                 "misses": _miss_json(self.miss_stats()), "deadline_misses": self.deadline_misses,
-                "dwell_s": self.dwell_s,
+                "dwell_s": self.dwell_s, "home": self._home[0] if self._home else None,
                 "current": rt.current.id if rt else None,
                 "candidates": [asdict(c) for c in self.candidates],
                 "config": asdict(self.config)}

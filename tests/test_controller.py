@@ -191,6 +191,95 @@ def _simulated(cfg: PolicyConfig) -> tuple[SimulatedClock, Controller, FakeRunti
     return clock, ctl, rt
 
 
+def _loop(clock, ctl, rt, n, fixed_ms=15.0, load=1.0, mon=None, noise=0.02, seed=0):
+    """n frames at 10 FPS; a frame costs (table p50 + a fixed per-frame cost) x load, as paced
+    frames do on a real board (the fixed cost weighs most on the small variants)."""
+    from snrt.runtime import FrameRecord
+
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        cur = rt.current.id
+        ms = (ctl.base_ms[cur] + fixed_ms) * load * (1 + rng.normal(0, noise))
+        ctl.observe(rt, FrameRecord(clock(), cur, ms, ms, 1))
+        clock.advance(0.1)
+
+
+def test_after_a_load_one_step_back_to_the_variant_before_it():
+    """Idle, big fits (65 of 100 ms). A load (x3) drives it down to tiny. When the load ends,
+    the contention read on tiny (25 ms observed / 10 table = x2.5) would only let mid in, and
+    a second step would follow: the controller goes straight back to big instead."""
+    cfg = PolicyConfig(target_fps=10, headroom=1.0, min_dwell_s=1.0, up_margin=0.15)
+    clock, ctl, rt = _simulated(cfg)
+    _loop(clock, ctl, rt, 100)
+    assert rt.switches == []
+    _loop(clock, ctl, rt, 100, load=3.0)
+    assert rt.current.id == "tiny" and ctl.status()["home"] == "big"
+    # what the estimate alone would pick on tiny once the load is gone
+    d = decide(state(), CANDS, "tiny", 2.5, 1e3, 0.0, cfg, misses=MissStats())
+    assert d.target == "mid"
+    n = len(rt.switches)
+    _loop(clock, ctl, rt, 600)
+    assert [v for v, _ in rt.switches[n:]] == ["big"], rt.switches[n:]
+    assert "back to big" in rt.switches[n][1] and ctl.status()["home"] is None
+    _loop(clock, ctl, rt, 300)  # and it stays there
+    assert len(rt.switches) == n + 1
+
+
+def test_home_return_that_meets_the_load_backs_off():
+    """The load never ends: each return home steps down again within frames and doubles the
+    dwell, so the probes thin out."""
+    cfg = PolicyConfig(target_fps=10, headroom=1.0, min_dwell_s=1.0, up_margin=0.15,
+                       clean_s=5.0)
+    clock, ctl, rt = _simulated(cfg)
+    _loop(clock, ctl, rt, 50)
+    _loop(clock, ctl, rt, 3000, load=3.0)  # 300 s
+    ups = [t for t, (v, r) in zip(ctl_times(ctl), rt.switches) if "back to" in r]
+    assert 2 <= len(ups) <= 10, rt.switches
+    assert ups[-1] - ups[-2] >= 30.0 and ctl.dwell_s >= 32 * cfg.min_dwell_s
+
+
+def test_only_a_clear_load_leaves_a_home():
+    """A step down at the edge of the budget (noise) is no load: no return home bypassing the
+    up margin; one well past the hysteresis band, or forced by misses, is."""
+    cfg = PolicyConfig(target_fps=10, headroom=1.0, min_dwell_s=1.0, up_margin=0.15)
+    edge = decide(state(), CANDS, "big", 2.04, 10.0, 0.0, cfg)  # big 102 ms of 100
+    assert edge.kind == "down" and not edge.load
+    clear = decide(state(), CANDS, "big", 2.4, 10.0, 0.0, cfg)  # 120 ms
+    assert clear.kind == "down" and clear.load
+    missed = decide(state(), CANDS, "big", 1.0, 10.0, 0.0, cfg,
+                    misses=MissStats(misses=3, frames=100, clean_frames=0, clean_s=0.0))
+    assert missed.kind == "down" and missed.load
+    clock, ctl, rt = _simulated(cfg)
+    _loop(clock, ctl, rt, 100, fixed_ms=52.0)  # big: 102 ms a frame, just over
+    assert rt.current.id != "big" and ctl.status()["home"] is None
+
+
+def ctl_times(ctl):
+    return [e.t_s for e in ctl.events]
+
+
+def test_budget_cut_is_not_a_load_no_return_home():
+    """Power saving halves the budget: big (65 ms) no longer fits and the controller steps
+    down; that step leaves no home, so a long clean stretch does not bring big back."""
+    cfg = PolicyConfig(target_fps=10, headroom=1.0, min_dwell_s=1.0, up_margin=0.15)
+    clock, ctl, rt = _simulated(cfg)
+    _loop(clock, ctl, rt, 100)
+    ctl.monitor.set_power_saving(True)
+    _loop(clock, ctl, rt, 600)
+    assert [v for v, _ in rt.switches] == ["mid"], rt.switches
+    assert ctl.status()["home"] is None
+    # a home left at the full budget is not taken while the budget is cut
+    d = decide(state(power_saving=True, power_saving_source="app"), CANDS, "mid", 1.3, 1e3,
+               0.0, cfg, misses=MissStats(), home="big", home_budget_ms=100.0)
+    assert d.target == "mid" and not d.switch
+    d = decide(state(), CANDS, "tiny", 2.5, 1e3, 0.0, cfg, misses=MissStats(), home="big",
+               home_budget_ms=100.0)
+    assert d.target == "big" and d.kind == "up"
+    d = decide(state(), CANDS, "tiny", 2.5, 1e3, 0.0, cfg, home="big", home_budget_ms=100.0,
+               misses=MissStats(misses=0, frames=50, clean_frames=50, clean_s=5.0))
+    assert d.target == "tiny"  # not clean yet
+
+
 def test_noisy_latencies_do_not_flap():
     """Frame latencies noisy around the budget (±15%, 1 sigma) for 100 s of frames: the
     hysteresis and the dwell backoff bound the switches, where a naive 'most accurate that
