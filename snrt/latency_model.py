@@ -14,6 +14,9 @@ measurements fell inside ±2 sigma without the noise term, 80-87% with it). Fitt
 separately for every (backend, precision, threads) in the table; `snrt-profile --sample 20%`
 measures the anchors plus variants spread over FLOPs, which is what this model needs
 (extrapolating to anchors from stitched variants alone is where its errors were largest).
+`p50_ms` and `quiet_ms` (the latency when the machine is quiet, when the profile has it) are
+predicted by two separate fits; on a shared host the quiet latency is the one that repeats
+between profiles, and so the one a prediction can be checked against (README).
 """
 
 from __future__ import annotations
@@ -81,12 +84,18 @@ def predict_table(table: LookupTable, bundle: Bundle) -> int:
         if not targets:
             continue
         mean, std = fit_predict(bundle, measured, targets, include_noise=True)
-        for v, m, s in zip(targets, mean, std):
+        quiet = quiet_std = [None] * len(targets)
+        if all(e.quiet_ms is not None for e in es):
+            quiet, quiet_std = fit_predict(bundle, {e.variant: e.quiet_ms for e in es},
+                                           targets, include_noise=True)
+        for v, m, s, q, qs in zip(targets, mean, std, quiet, quiet_std):
+            cond = {"model": "GP on variant structure", "trained_on": len(measured)}
+            if q is not None:
+                cond["quiet_uncertainty_ms"] = float(qs)
             table.put(Entry(bundle=key, variant=v.id, cfg_id=v.cfg_id, backend=backend,
                             precision=precision, threads=threads, p50_ms=float(m),
                             mean_ms=float(m), flops=v.flops, params=v.params, accuracy=v.top1,
                             predicted=True, uncertainty_ms=float(s),
-                            conditions={"model": "GP on variant structure",
-                                        "trained_on": len(measured)}))
+                            quiet_ms=None if q is None else float(q), conditions=cond))
             n += 1
     return n

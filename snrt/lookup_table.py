@@ -1,8 +1,9 @@
 """LookupTable: per-device latency measurements (and predictions) of a bundle's variants.
 
-File: `lookup_tables/<device-id>.json`, schema `snrt.lookup_table` version 1:
+File: `lookup_tables/<device-id>.json`, schema `snrt.lookup_table` version 2 (version 1
+files, without `quiet_ms`, are still read):
 
-    {"schema": "snrt.lookup_table", "schema_version": 1,
+    {"schema": "snrt.lookup_table", "schema_version": 2,
      "device": DeviceInfo,                        # snrt.device
      "bundles": {"<bundle key>": {"name", "weights_sha256", "variants", "path"}},
      "entries": [Entry, ...]}
@@ -10,8 +11,10 @@ File: `lookup_tables/<device-id>.json`, schema `snrt.lookup_table` version 1:
 An Entry is one variant on one backend/precision/thread count. Measured entries hold the
 statistics `snrt-profile` collects (TFLite benchmark_model / onnxruntime_perf_test style:
 warm-up, then timed runs: count, mean, std, min, p50, p90, p99, max, first run, load time, peak
-RSS) and the conditions during measurement; predicted entries (`predicted: true`) hold the
-predictor's mean as `p50_ms`/`mean_ms` and its 1-sigma `uncertainty_ms`. The table is validated
+RSS) and the conditions during measurement, plus `quiet_ms` (version 2): the variant's latency
+when the machine is quiet, the statistic that repeats between two profiles on a shared host
+(see snrt.profile); predicted entries (`predicted: true`) hold the predictor's mean as
+`p50_ms`/`mean_ms` (and `quiet_ms`) and its 1-sigma `uncertainty_ms`. The table is validated
 on load; writes are atomic.
 """
 
@@ -27,7 +30,8 @@ from .errors import SnrtError
 from .fileio import atomic_write_json
 
 SCHEMA = "snrt.lookup_table"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READS_VERSIONS = (1, 2)  # version 1: the same without quiet_ms
 
 
 class LookupTableError(SnrtError, ValueError):
@@ -52,6 +56,7 @@ class Entry:
     count: int = 0
     std_ms: float | None = None
     min_ms: float | None = None
+    quiet_ms: float | None = None  # latency when the machine is quiet (snrt.profile)
     p90_ms: float | None = None
     p99_ms: float | None = None
     max_ms: float | None = None
@@ -81,6 +86,9 @@ class Entry:
         e = cls(**d)
         if not isinstance(e.p50_ms, (int, float)) or e.p50_ms < 0:
             raise LookupTableError(f"entry {e.variant}: p50_ms must be a non-negative number")
+        if e.quiet_ms is not None and (not isinstance(e.quiet_ms, (int, float))
+                                       or e.quiet_ms < 0):
+            raise LookupTableError(f"entry {e.variant}: quiet_ms must be a non-negative number")
         if not isinstance(e.threads, int) or e.threads < 1:
             raise LookupTableError(f"entry {e.variant}: threads must be a positive integer")
         return e
@@ -112,10 +120,11 @@ class LookupTable:
     def from_json(cls, d: dict, where: str = "lookup table") -> LookupTable:
         if not isinstance(d, dict) or d.get("schema") != SCHEMA:
             raise LookupTableError(f"{where}: not an snrt lookup table")
-        if d.get("schema_version") != SCHEMA_VERSION:
+        if d.get("schema_version") not in READS_VERSIONS:
             raise LookupTableError(
                 f"{where}: schema version {d.get('schema_version')}, this snrt reads "
-                f"{SCHEMA_VERSION}; re-run snrt-profile or upgrade snrt")
+                f"{' and '.join(map(str, READS_VERSIONS))}; re-run snrt-profile or upgrade "
+                "snrt")
         try:
             t = cls(DeviceInfo.from_json(d["device"]), dict(d.get("bundles", {})),
                     [Entry.from_json(e) for e in d.get("entries", [])])

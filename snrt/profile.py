@@ -11,9 +11,10 @@ one variant after another, each in a fresh worker process. The variant is made r
 as snrt.Runtime does (load, warm up its sessions: `load_ms`), one first inference
 (`first_run_ms`), `--warmup` untimed runs, then timed runs until at least `--runs` runs and
 `--min-seconds` have passed (capped by `--max-seconds`): count, mean, std, min, p50, p90, p99,
-max. Load time and peak RSS are the variant's own and a crash cannot take the profile down; but
-each variant is measured at another moment (and in another process), so host drift (neighbours
-on a shared machine, CPU frequency) lands on some variants and not on others.
+max, and `quiet_ms` = their p10. Load time and peak RSS are the variant's own and a crash
+cannot take the profile down; but each variant is measured at another moment (and in another
+process), so host drift (neighbours on a shared machine, CPU frequency) lands on some variants
+and not on others.
 
 Interleaved (`--rounds K`): all selected variants are made ready in one worker process (one
 snrt.Runtime; pieces are shared, as at run time), then measured in K rounds; each round visits
@@ -23,11 +24,17 @@ alike (common mode) instead of some and not others. p50 is the lowest of the K b
 the variant's median when the machine is quiet (neighbours only ever slow a run down; the
 median over rounds, which follows how busy the machine was, is kept as `p50_median_ms`),
 p90/p99 the median of the burst p90/p99, mean and std are pooled over all timed runs, min/max
-overall; the burst statistics are kept in the entry (`conditions.interleaved`). `load_ms` is
-the time to add the variant to the runtime holding the variants made ready before it (shared
-pieces are not loaded twice), `first_run_ms` its first inference; peak RSS is the whole
-worker's (`conditions.interleaved.worker_peak_rss_mb`), not per variant, so `peak_rss_mb` is
-left empty. Use the isolated protocol for per-variant load time and memory.
+overall. `quiet_ms` is the lowest burst p10: the latency when the machine is quiet, and of the
+statistics tried the one two profiles of the same bundle reproduce best on a shared host
+(chosen on one pair of default-family profiles, checked on three more pairs; README); the
+latency predictor's benchmark takes it as the truth. The summary printed at the end gives each
+profile's split-half repeatability (odd against even rounds, `split_half_repeatability`): a
+low figure means the machine was busy and the profile is worth repeating. The burst
+statistics are kept in the entry (`conditions.interleaved`). `load_ms` is the time to add the
+variant to the runtime holding the variants made ready before it (shared pieces are not loaded
+twice), `first_run_ms` its first inference; peak RSS is the whole worker's
+(`conditions.interleaved.worker_peak_rss_mb`), not per variant, so `peak_rss_mb` is left empty.
+Use the isolated protocol for per-variant load time and memory.
 
 Results are written atomically after every variant (isolated) or every round (interleaved,
 with running statistics): Ctrl-C leaves a valid table, and a rerun of the same command resumes
@@ -77,7 +84,8 @@ class Protocol:
 def _stats(lat_ms: list[float]) -> dict:
     a = np.asarray(lat_ms, dtype=np.float64)
     return {"count": int(a.size), "mean_ms": float(a.mean()), "std_ms": float(a.std()),
-            "min_ms": float(a.min()), "p50_ms": float(np.percentile(a, 50)),
+            "min_ms": float(a.min()), "p10_ms": float(np.percentile(a, 10)),
+            "p50_ms": float(np.percentile(a, 50)),
             "p90_ms": float(np.percentile(a, 90)), "p99_ms": float(np.percentile(a, 99)),
             "max_ms": float(a.max())}
 
@@ -136,14 +144,16 @@ def measure_variant(bundle_path: str, variant: str, backend: str, precision: str
     rt.close()
     monitor.close()
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return {**_stats(lat), "first_run_ms": first, "load_ms": load_ms,
+    stats = _stats(lat)
+    stats["quiet_ms"] = stats.pop("p10_ms")  # one run set: its p10
+    return {**stats, "first_run_ms": first, "load_ms": load_ms,
             "peak_rss_mb": peak_kb / 1024, "warmup": protocol.warmup,
             "placement": info.get("placement"), "backend_version": info.get("version"),
             "conditions": {"cpu_load_pct_start": start_state.cpu_load_pct,
                            **_conditions(end)}}
 
 
-ROUND_KEYS = ("p50", "p90", "p99", "mean", "std", "count")  # per-round burst statistics kept
+ROUND_KEYS = ("p10", "p50", "p90", "p99", "mean", "std", "count")  # per-round burst stats kept
 DROP_WHEN_COMPLETE = ("p90", "p99", "mean", "std", "count")  # ... until the target is reached
 
 
@@ -197,8 +207,7 @@ def measure_interleaved(bundle_path: str, needs: dict[str, int], backend: str, p
         for vid in order:
             rt.run(x, variant=vid)  # untimed: back into cache after the other variants
             lat = _timed_runs(rt, x, burst_runs, burst_s, cap_s, variant=vid)
-            yield {"event": "burst", "variant": vid, "round": r, **_stats(lat),
-                   "p10_ms": float(np.percentile(lat, 10))}
+            yield {"event": "burst", "variant": vid, "round": r, **_stats(lat)}
         yield {"event": "round", "round": r, "conditions": _conditions(monitor.read())}
     if rt is not None:
         rt.close()
@@ -215,7 +224,8 @@ def interleaved_fields(rounds_stats: dict[str, list], min_ms: float, max_ms: flo
     seconds, so the lowest burst median estimates the variant's median latency when the
     machine is quiet, which two profiles reproduce; the median over rounds (kept as
     `p50_median_ms`) follows how busy the machine was (benchmarks/latency_predict_bench.py,
-    README). p90/p99 are the median over rounds of the burst p90/p99 (typical tails), mean and
+    README). quiet_ms is the lowest burst p10 (module docstring), when every round has one.
+    p90/p99 are the median over rounds of the burst p90/p99 (typical tails), mean and
     std are pooled over every timed run, min/max overall."""
     c = np.asarray(rounds_stats["count"], dtype=np.float64)
     mean = np.asarray(rounds_stats["mean"], dtype=np.float64)
@@ -226,6 +236,8 @@ def interleaved_fields(rounds_stats: dict[str, list], min_ms: float, max_ms: flo
     return {"count": int(n), "mean_ms": pooled_mean, "std_ms": math.sqrt(max(pooled_var, 0.0)),
             "min_ms": min_ms, "max_ms": max_ms,
             "p50_ms": float(np.min(rounds_stats["p50"])),
+            "quiet_ms": (float(np.min(p10)) if (p10 := rounds_stats.get("p10"))
+                         and len(p10) == len(rounds_stats["p50"]) else None),
             "p90_ms": float(np.median(rounds_stats["p90"])),
             "p99_ms": float(np.median(rounds_stats["p99"]))}
 
@@ -494,7 +506,7 @@ class Profiler:
             rs.setdefault(k, []).append(val if k == "count" else round(val, 5))
         rs["p50_median_ms"] = round(float(np.median(rs["p50"])), 5)
         fields = interleaved_fields(rs, lo, hi)
-        if len(rs["p50"]) >= rs["target"]:  # complete: keep the burst medians only
+        if len(rs["p50"]) >= rs["target"]:  # complete: keep the burst p10s and medians only
             for k in DROP_WHEN_COMPLETE:
                 rs.pop(k, None)
         e = self._entry(v, backend, precision, threads, **fields,
@@ -608,27 +620,66 @@ def resolve_bundle(arg: str) -> Path:
     return Path(arg)
 
 
+def split_half_repeatability(entries: list[Entry], tol: float = 0.05) -> float | None:
+    """How well an interleaved profile repeats within itself: the share of variants whose
+    quiet latency from the odd rounds is within ±tol of that from the even rounds, once the
+    common scale (the median ratio) is removed. None without interleaved p10s of >= 4 rounds
+    for at least 3 variants. On six default-family profiles it tracked how well a predictor
+    fitted to the profile did: 99-100% -> 100% of held-out variants within ±5%, 70% -> 80%
+    (README); a low figure means the machine was busy during the profile."""
+    halves = []
+    for e in entries:
+        p10 = e.conditions.get("interleaved", {}).get("p10", []) if e.conditions else []
+        if len(p10) >= 4 and not e.predicted and e.error is None:
+            halves.append((min(p10[0::2]), min(p10[1::2])))
+    if len(halves) < 3:
+        return None
+    r = np.array([b / a for a, b in halves])
+    return float(np.mean(np.abs(r / np.median(r) - 1) <= tol))
+
+
 def summary_lines(table: LookupTable, key: str, variant_ids: list[str]) -> list[str]:
     """Per backend x precision x threads over `variant_ids`: how many were measured, their
-    median p50, and the median per-variant ratio to onnxruntime fp32 at the same threads (the
-    ORT-vs-TFLite comparison per precision)."""
+    median p50, the median per-variant ratio to onnxruntime fp32 at the same threads (the
+    ORT-vs-TFLite comparison per precision) and, for interleaved profiles, the split-half
+    repeatability (share within ±5%)."""
     ids = set(variant_ids)
-    rows: dict[tuple, dict[str, float]] = {}
+    rows: dict[tuple, dict[str, Entry]] = {}
     for e in table.entries:
         if e.bundle == key and e.variant in ids and not e.predicted and e.error is None:
-            rows.setdefault((e.backend, e.precision, e.threads), {})[e.variant] = e.p50_ms
+            rows.setdefault((e.backend, e.precision, e.threads), {})[e.variant] = e
     if not rows:
         return []
     out = [f"{'backend':12s} {'prec':5s} {'threads':>7s} {'variants':>8s} {'median p50 ms':>13s} "
-           f"{'vs onnxruntime fp32':>19s}"]
-    for (backend, precision, threads), p50 in sorted(rows.items()):
+           f"{'vs onnxruntime fp32':>19s} {'repeats ±5%':>11s}"]
+    for (backend, precision, threads), es in sorted(rows.items()):
         ref = rows.get(("onnxruntime", "fp32", threads), {})
-        common = [v for v in p50 if v in ref]
-        ratio = (f"{np.median([p50[v] / ref[v] for v in common]):.2f}x ({len(common)})"
-                 if common else "-")
-        out.append(f"{backend:12s} {precision:5s} {threads:7d} {len(p50):8d} "
-                   f"{np.median(list(p50.values())):13.3f} {ratio:>19s}")
+        common = [v for v in es if v in ref]
+        ratio = (f"{np.median([es[v].p50_ms / ref[v].p50_ms for v in common]):.2f}x "
+                 f"({len(common)})" if common else "-")
+        rep = split_half_repeatability(list(es.values()))
+        out.append(f"{backend:12s} {precision:5s} {threads:7d} {len(es):8d} "
+                   f"{np.median([e.p50_ms for e in es.values()]):13.3f} {ratio:>19s} "
+                   f"{'-' if rep is None else f'{rep:.0%}':>11s}")
     return out
+
+
+REPEATABLE = 0.95  # split-half share within ±5% below which a profile is worth repeating
+
+
+def _warn_unrepeatable(table: LookupTable, key: str, ids: set[str]) -> None:
+    groups: dict[tuple, list[Entry]] = {}
+    for e in table.entries:
+        if e.bundle == key and e.variant in ids:
+            groups.setdefault((e.backend, e.precision, e.threads), []).append(e)
+    for (backend, precision, threads), es in sorted(groups.items()):
+        rep = split_half_repeatability(es)
+        if rep is not None and rep < REPEATABLE:
+            log.warning("%s/%s/%dt: only %.0f%% of the variants repeat within ±5%% between odd "
+                        "and even rounds: the machine was busy. Profile again (--fresh), or "
+                        "with more rounds (e.g. --rounds 90 --min-seconds 3), before trusting "
+                        "small differences or predictions", backend, precision, threads,
+                        100 * rep)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -695,6 +746,8 @@ def _main(args) -> int:
         log.info("predicted %d entries", n)
     for line in summary_lines(prof.table, prof.key, [v.id for v in variants]):
         log.info("%s", line)
+    if args.rounds:
+        _warn_unrepeatable(prof.table, prof.key, {v.id for v in variants})
     if args.plot:
         from .plots import plot_pareto
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from snrt.bundle import Bundle
@@ -58,6 +59,7 @@ def test_profile_measures_resumes_and_survives_interrupts(tiny_family, tmp_path,
     assert len(t.entries) == 6
     for e in t.entries:
         assert e.count >= 3 and e.min_ms <= e.p50_ms <= e.p90_ms <= e.p99_ms <= e.max_ms
+        assert e.min_ms <= e.quiet_ms <= e.p50_ms  # isolated: the p10 of the runs
         assert e.load_ms > 0 and e.first_run_ms > 0 and e.peak_rss_mb > 10
         assert "cpu_load_pct" in e.conditions and not e.predicted
         assert e.placement in ("pieces", "graphs")
@@ -88,6 +90,7 @@ def test_schema_is_validated(tmp_path):
                      ({**d, "entries": d["entries"] * 2}, "duplicate"),
                      ({**d, "entries": [{**d["entries"][0], "bogus": 1}]}, "unknown entry"),
                      ({**d, "entries": [{**d["entries"][0], "p50_ms": -1}]}, "non-negative"),
+                     ({**d, "entries": [{**d["entries"][0], "quiet_ms": "1"}]}, "quiet_ms"),
                      ({"schema": "other"}, "not an snrt lookup table")]:
         (tmp_path / "bad.json").write_text(json.dumps(bad))
         with pytest.raises(LookupTableError, match=msg):
@@ -120,10 +123,57 @@ def test_summary_compares_each_backend_precision_with_onnxruntime_fp32():
     t.put(Entry("f@x", "d", 0, "tflite", "int8", 1, 0.1, 0.1, predicted=True))  # not counted
     lines = summary_lines(t, "f@x", ["a", "b", "c", "d"])
     rows = {tuple(ln.split()[:3]): ln.split() for ln in lines[1:]}
-    assert rows[("onnxruntime", "fp32", "1")][3:] == ["3", "4.000", "1.00x", "(3)"]
-    assert rows[("tflite", "fp32", "1")][3:] == ["3", "3.600", "0.90x", "(3)"]  # 0.8,0.9,1.1
-    assert rows[("tflite", "int8", "1")][3:] == ["2", "2.000", "0.62x", "(2)"]  # 0.5, 0.75
+    assert rows[("onnxruntime", "fp32", "1")][3:] == ["3", "4.000", "1.00x", "(3)", "-"]
+    assert rows[("tflite", "fp32", "1")][3:] == ["3", "3.600", "0.90x", "(3)", "-"]  # .8,.9,1.1
+    assert rows[("tflite", "int8", "1")][3:] == ["2", "2.000", "0.62x", "(2)", "-"]  # .5, .75
     assert summary_lines(t, "other@y", ["a"]) == []
+
+
+def _split_half_entries() -> list[Entry]:
+    """8 steady variants (even rounds 20% slower for all: common mode) and 2 whose odd
+    rounds were slower or faster on their own."""
+    rng = np.random.default_rng(0)
+
+    def entry(v, base, odd_extra=0.0):
+        p10 = [base * (1 + abs(rng.normal(0, 0.005))) * (1.2 if r % 2 == 0 else 1.0)
+               * (1 + (odd_extra if r % 2 else 0.0)) for r in range(10)]  # even rounds slow
+        return Entry("f@x", v, 0, "onnxruntime", "fp32", 1, base, base,
+                     conditions={"protocol": "interleaved", "interleaved": {"p10": p10}})
+
+    return ([entry(f"v{i}", 1.0 + i) for i in range(8)]
+            + [entry("slow1", 2.0, 0.2), entry("slow2", 3.0, -0.3)])
+
+
+def test_split_half_repeatability():
+    """Odd against even rounds' quiet latency, common scale removed: a variant whose odd
+    rounds were all slow (busy the whole time it was measured in them) counts as not
+    repeating; a uniform slowdown of every variant does not."""
+    from snrt.profile import split_half_repeatability
+
+    es = _split_half_entries()
+    assert split_half_repeatability(es[:8]) == 1.0
+    assert split_half_repeatability(es) == pytest.approx(0.8)
+    assert split_half_repeatability(es[:2]) is None  # too few variants
+    t = LookupTable.new()
+    for e in es:
+        t.put(e)
+    assert summary_lines(t, "f@x", [e.variant for e in es])[1].split()[-1] == "80%"
+
+
+def test_profile_warns_when_it_does_not_repeat(caplog):
+    from snrt.profile import _warn_unrepeatable
+
+    t = LookupTable.new()
+    for e in _split_half_entries():
+        t.put(e)
+    ids = {e.variant for e in t.entries}
+    with caplog.at_level("WARNING", logger="snrt.profile"):
+        _warn_unrepeatable(t, "f@x", ids)
+    assert "only 80% of the variants repeat" in caplog.text and "1t" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="snrt.profile"):
+        _warn_unrepeatable(t, "f@x", {f"v{i}" for i in range(8)})  # the steady ones
+    assert caplog.text == ""
 
 
 def test_pareto_front():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -31,6 +33,8 @@ def test_interleaved_entries_for_every_variant(tmp_path):
         assert len(il["p50"]) == 3 and il["target"] == 3 and "count" not in il  # compacted
         assert il["burst_runs"] == 1 and e.count >= 3
         assert e.min_ms <= e.p50_ms == pytest.approx(min(il["p50"]))
+        assert len(il["p10"]) == 3 and e.quiet_ms == pytest.approx(min(il["p10"]))
+        assert e.min_ms <= e.quiet_ms <= e.p50_ms  # each burst's p10 <= its p50
         assert il["p50_median_ms"] == pytest.approx(np.median(il["p50"]), abs=1e-5)
         assert e.min_ms <= e.p50_ms <= e.max_ms and e.min_ms <= e.mean_ms <= e.max_ms
         assert e.load_ms > 0 and e.first_run_ms > 0 and e.placement in ("pieces", "graphs")
@@ -129,7 +133,8 @@ def test_interleaved_worker_process_and_crash(tmp_path, monkeypatch):
 def test_pooled_statistics_match_the_concatenated_runs():
     rng = np.random.default_rng(1)
     bursts = [rng.gamma(5, 0.2, n) + 1 for n in (7, 30, 12, 1)]
-    rs = {"p50": [float(np.percentile(b, 50)) for b in bursts],
+    rs = {"p10": [float(np.percentile(b, 10)) for b in bursts],
+          "p50": [float(np.percentile(b, 50)) for b in bursts],
           "p90": [float(np.percentile(b, 90)) for b in bursts],
           "p99": [float(np.percentile(b, 99)) for b in bursts],
           "mean": [float(b.mean()) for b in bursts], "std": [float(b.std()) for b in bursts],
@@ -141,13 +146,21 @@ def test_pooled_statistics_match_the_concatenated_runs():
     assert f["p50_ms"] == min(rs["p50"])
     assert f["p90_ms"] == pytest.approx(np.median(rs["p90"]))
     assert f["min_ms"] <= f["p50_ms"] <= f["p90_ms"] <= f["max_ms"]
+    assert f["quiet_ms"] == min(rs["p10"]) and f["min_ms"] <= f["quiet_ms"] <= f["p50_ms"]
+    # a round without its p10 (a table resumed from an older snrt): no quiet figure
+    assert interleaved_fields({**rs, "p10": rs["p10"][1:]}, 0.0, 9.0)["quiet_ms"] is None
 
 
-def test_protocol_entry_fields_stay_schema_v1(tmp_path):
-    """No new Entry fields: the interleaved details live in `conditions`, so older snrt reads
-    these tables."""
+def test_schema_v1_tables_are_still_read(tmp_path):
+    """Version 2 added quiet_ms; a version 1 table (without it) loads, quiet_ms empty, and is
+    written back as version 2. The interleaved details live in `conditions`."""
     t = LookupTable.new()
     t.put(Entry("f@x", "a", 0, "onnxruntime", "fp32", 1, 1.0, 1.0,
                 conditions={"protocol": "interleaved", "interleaved": {"p50": [1.0]}}))
     p = t.save(tmp_path / "x.json")
-    assert LookupTable.load(p).entries[0].conditions["interleaved"]["p50"] == [1.0]
+    d = json.loads(p.read_text())
+    assert d["schema_version"] == 2
+    d["schema_version"] = 1
+    p.write_text(json.dumps(d))
+    e = LookupTable.load(p).entries[0]
+    assert e.quiet_ms is None and e.conditions["interleaved"]["p50"] == [1.0]
