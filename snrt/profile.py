@@ -676,10 +676,10 @@ def _warn_unrepeatable(table: LookupTable, key: str, ids: set[str]) -> None:
         rep = split_half_repeatability(es)
         if rep is not None and rep < REPEATABLE:
             log.warning("%s/%s/%dt: only %.0f%% of the variants repeat within ±5%% between odd "
-                        "and even rounds: the machine was busy. Profile again (--fresh), or "
-                        "with more rounds (e.g. --rounds 90 --min-seconds 3), before trusting "
-                        "small differences or predictions", backend, precision, threads,
-                        100 * rep)
+                        "and even rounds: the machine was busy. Profile again (--fresh) when "
+                        "it is quiet, or with more rounds (--rounds 90 --min-seconds 3 repeated "
+                        "to 100%% on the default family here), before trusting small "
+                        "differences or predictions", backend, precision, threads, 100 * rep)
 
 
 def main(argv: list[str] | None = None) -> int:
