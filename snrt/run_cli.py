@@ -5,7 +5,8 @@
 1. opens and verifies the bundle, lists its variants (FLOPs, params, accuracy);
 2. profiles every variant on this device unless `--tables` already holds this device's table
    (quick protocol; writes <tables>/<device-id>.json);
-3. runs frames from the bundle's sample images at `--fps` with the controller attached to a
+3. runs frames from the bundle's sample images at `--fps` (default: the most accurate variant
+   takes 40% of the period, measured in a 1-second paced loop) with the controller attached to a
    simulated battery that drains from 100% to 5% over `--seconds`, power saving switching on at
    30%; prints every switch and its reason, then a summary per battery band: variant used,
    latency, and accuracy on the labelled sample images.
@@ -51,8 +52,9 @@ def main(argv=None) -> int:
                     help="bundle directory, or 'default' (the bundled family)")
     ap.add_argument("--seconds", type=float, default=30.0, help="simulated battery life")
     ap.add_argument("--fps", type=float, default=None,
-                    help="target frame rate (default: what the most accurate variant can "
-                         "just sustain here, so that power saving has to step down)")
+                    help="target frame rate (default: the most accurate variant takes 40%% "
+                         "of the period in a paced loop here, so that it fits the normal "
+                         "budget and power saving has to step down)")
     ap.add_argument("--tables", default="lookup_tables", help="lookup table directory")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
@@ -61,6 +63,22 @@ def main(argv=None) -> int:
     except SnrtError as e:
         log.error("error: %s", e)
         return 1
+
+
+def _paced_median_ms(rt, variant: str, x, period_ms: float, seconds: float = 1.0) -> float:
+    """Median latency of `variant` run once per period (a frame, then sleep), as the frame loop
+    runs it: on a shared VM that is often 1.3-3x the back-to-back figure in the lookup table,
+    because the CPU idles between frames."""
+    lat = []
+    t0 = time.perf_counter()
+    i = 0
+    while time.perf_counter() - t0 < seconds or len(lat) < 5:
+        lat.append(rt.run(x, variant=variant).latency_ms)
+        i += 1
+        sleep = t0 + i * period_ms / 1000 - time.perf_counter()
+        if sleep > 0:
+            time.sleep(sleep)
+    return float(np.median(lat))
 
 
 def _run(args) -> int:
@@ -105,7 +123,15 @@ def _run(args) -> int:
     base = {e.variant: e.p50_ms for e in es}
     acc = {v.id: v.top1 for v in b.variants if v.top1 is not None}
     best = max(acc, key=acc.get) if acc else max(base, key=base.get)
-    fps = args.fps or 1000.0 / (base[best] / 0.8 * 1.05)
+    samples = _samples(b)
+    fps = args.fps
+    if fps is None:
+        # the most accurate variant takes 40% of the period as frames run: it fits the normal
+        # budget (80%) even when neighbours double its latency, and not power saving's (40%)
+        paced = _paced_median_ms(rt, best, samples[0][0], base[best] / 0.4)
+        fps = 1000.0 * 0.4 / max(paced, base[best])
+        print(f"frame rate: {best} takes {paced:.2f} ms a frame in a paced loop (table p50 "
+              f"{base[best]:.2f} ms, back to back) -> {fps:.0f} FPS")
 
     # 3. controlled frame loop with a simulated battery
     clock = SimulatedClock()
@@ -120,7 +146,6 @@ def _run(args) -> int:
                                  f"{mon.read().battery_pct:5.1f}%  {e.from_id} -> {e.to_id}: "
                                  f"{e.reason}"))
     rt.set_controller(ctl)
-    samples = _samples(b)
     print(f"running {secs:.0f}s of frames at {fps:.0f} FPS on {len(samples)} sample images; "
           "battery 100% -> 5%, power saving from 30%")
     recs = []
