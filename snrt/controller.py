@@ -442,8 +442,10 @@ class Controller:
     def _track_home(self, d: Decision, current: str) -> None:
         """A step down forced by a load at an unchanged budget leaves home behind, unless home
         is already more accurate; reaching or passing home, or a start, forgets it."""
-        acc = {c.id: c.accuracy for c in self.candidates}
         prev, self._budget_ms = self._budget_ms, d.budget.budget_ms
+        if not d.switch:  # most frames: nothing to track
+            return
+        acc = {c.id: c.accuracy for c in self.candidates}
         if d.load and current in acc and prev is not None \
                 and d.budget.budget_ms >= prev * (1 - 1e-9):
             if self._home is None or acc[current] > acc.get(self._home[0], -math.inf):

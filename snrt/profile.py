@@ -638,16 +638,22 @@ def split_half_repeatability(entries: list[Entry], tol: float = 0.05) -> float |
     return float(np.mean(np.abs(r / np.median(r) - 1) <= tol))
 
 
+def _measured_groups(table: LookupTable, key: str, ids: set[str]
+                     ) -> dict[tuple, dict[str, Entry]]:
+    """{(backend, precision, threads): {variant: entry}} of the measured entries of `ids`."""
+    rows: dict[tuple, dict[str, Entry]] = {}
+    for e in table.entries:
+        if e.bundle == key and e.variant in ids and not e.predicted and e.error is None:
+            rows.setdefault((e.backend, e.precision, e.threads), {})[e.variant] = e
+    return rows
+
+
 def summary_lines(table: LookupTable, key: str, variant_ids: list[str]) -> list[str]:
     """Per backend x precision x threads over `variant_ids`: how many were measured, their
     median p50, the median per-variant ratio to onnxruntime fp32 at the same threads (the
     ORT-vs-TFLite comparison per precision) and, for interleaved profiles, the split-half
     repeatability (share within ±5%)."""
-    ids = set(variant_ids)
-    rows: dict[tuple, dict[str, Entry]] = {}
-    for e in table.entries:
-        if e.bundle == key and e.variant in ids and not e.predicted and e.error is None:
-            rows.setdefault((e.backend, e.precision, e.threads), {})[e.variant] = e
+    rows = _measured_groups(table, key, set(variant_ids))
     if not rows:
         return []
     out = [f"{'backend':12s} {'prec':5s} {'threads':>7s} {'variants':>8s} {'median p50 ms':>13s} "
@@ -668,12 +674,8 @@ REPEATABLE = 0.95  # split-half share within ±5% below which a profile is worth
 
 
 def _warn_unrepeatable(table: LookupTable, key: str, ids: set[str]) -> None:
-    groups: dict[tuple, list[Entry]] = {}
-    for e in table.entries:
-        if e.bundle == key and e.variant in ids:
-            groups.setdefault((e.backend, e.precision, e.threads), []).append(e)
-    for (backend, precision, threads), es in sorted(groups.items()):
-        rep = split_half_repeatability(es)
+    for (backend, precision, threads), es in sorted(_measured_groups(table, key, ids).items()):
+        rep = split_half_repeatability(list(es.values()))
         if rep is not None and rep < REPEATABLE:
             log.warning("%s/%s/%dt: only %.0f%% of the variants repeat within ±5%% between odd "
                         "and even rounds: the machine was busy. Profile again (--fresh) when "
