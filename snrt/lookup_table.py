@@ -84,11 +84,10 @@ class Entry:
         if unknown:
             raise LookupTableError(f"unknown entry fields {sorted(unknown)}")
         e = cls(**d)
-        if not isinstance(e.p50_ms, (int, float)) or e.p50_ms < 0:
-            raise LookupTableError(f"entry {e.variant}: p50_ms must be a non-negative number")
-        if e.quiet_ms is not None and (not isinstance(e.quiet_ms, (int, float))
-                                       or e.quiet_ms < 0):
-            raise LookupTableError(f"entry {e.variant}: quiet_ms must be a non-negative number")
+        for name, required in (("p50_ms", True), ("quiet_ms", False)):
+            x = getattr(e, name)
+            if (x is not None or required) and (not isinstance(x, (int, float)) or x < 0):
+                raise LookupTableError(f"entry {e.variant}: {name} must be a non-negative number")
         if not isinstance(e.threads, int) or e.threads < 1:
             raise LookupTableError(f"entry {e.variant}: threads must be a positive integer")
         return e

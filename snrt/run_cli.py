@@ -71,14 +71,17 @@ def _paced_median_ms(rt, variant: str, x, period_ms: float, seconds: float = 1.0
     because the CPU idles between frames."""
     lat = []
     t0 = time.perf_counter()
-    i = 0
     while time.perf_counter() - t0 < seconds or len(lat) < 5:
         lat.append(rt.run(x, variant=variant).latency_ms)
-        i += 1
-        sleep = t0 + i * period_ms / 1000 - time.perf_counter()
-        if sleep > 0:
-            time.sleep(sleep)
+        _wait_for_frame(t0, len(lat), period_ms / 1000)
     return float(np.median(lat))
+
+
+def _wait_for_frame(t_start: float, i: int, period_s: float) -> None:
+    """Sleep until frame i's slot (t_start + i * period); a late frame does not wait."""
+    sleep = t_start + i * period_s - time.perf_counter()
+    if sleep > 0:
+        time.sleep(sleep)
 
 
 def _run(args) -> int:
@@ -160,9 +163,7 @@ def _run(args) -> int:
         recs.append((now, mon.read().battery_pct, res.variant.id, res.latency_ms,
                      None if label is None else pred == label))
         i += 1
-        sleep = t_start + i * period - time.perf_counter()
-        if sleep > 0:
-            time.sleep(sleep)
+        _wait_for_frame(t_start, i, period)
     rt.close()
     print("\nbattery  power-saving  frames  main variant      top-1(bundle)  p50 ms  "
           "deadline miss  sample acc")
