@@ -92,10 +92,12 @@ def predict_table(table: LookupTable, bundle: Bundle) -> int:
             cond = {"model": "GP on variant structure", "trained_on": len(measured)}
             if q is not None:
                 cond["quiet_uncertainty_ms"] = float(qs)
+            # a lower quantile: never above the p50, as in every measured entry (two fits on a
+            # few noisy rows can cross)
             table.put(Entry(bundle=key, variant=v.id, cfg_id=v.cfg_id, backend=backend,
                             precision=precision, threads=threads, p50_ms=float(m),
                             mean_ms=float(m), flops=v.flops, params=v.params, accuracy=v.top1,
                             predicted=True, uncertainty_ms=float(s),
-                            quiet_ms=None if q is None else float(q), conditions=cond))
+                            quiet_ms=None if q is None else float(min(q, m)), conditions=cond))
             n += 1
     return n
