@@ -55,7 +55,8 @@ def ensure_deit_bundle(path: Path | None = None) -> Path:
     anchors = []
     for i, (name, dim) in enumerate([("ti", 192), ("s", 384), ("b", 768)]):
         sd = random_vit_state_dict(dim, seed=i)
-        anchors.append(Anchor(name, config_from_state_dict(sd, where=name), sd))
+        cfg = config_from_state_dict(sd, num_heads=dim // 64, global_pool="token", where=name)
+        anchors.append(Anchor(name, cfg, sd))
     rng = np.random.default_rng(9)
     layers = {(f, f + 1): [StitchLayer(
         (rng.standard_normal((d2, d1)) / np.sqrt(d1)).astype(np.float32),

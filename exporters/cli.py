@@ -62,8 +62,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--names", nargs="+", help="anchor names, smallest first (default ti/s/b "
                    "by width, or the checkpoint's)")
     s.add_argument("--num-heads", nargs="+", type=int,
-                   help="attention heads per anchor when the files do not record them "
-                        "(default: 64-wide heads)")
+                   help="attention heads per anchor, smallest first, when neither a config.json "
+                        "beside the weights nor 'snrt.config' metadata records them (default: "
+                        "64-wide heads, with a warning)")
+    s.add_argument("--global-pool", choices=["token", "avg"],
+                   help="how the head pools, for every anchor: 'token' (class token) or 'avg' "
+                        "(mean of the patch tokens, timm's global_pool='avg'); needed when the "
+                        "weights have a class token and a final norm and nothing records it "
+                        "(default: token, with a warning)")
     s.add_argument("--window", type=int, default=2, help="stitching window (default 2)")
     s.add_argument("--stride", type=int, default=1, help="window stride (default 1)")
     s.add_argument("--all-pairs", action="store_true",
@@ -138,10 +144,12 @@ def _stitch(args, argv) -> int:
         raise SnrtError(f"{out} exists; pass --force to replace it")
     if args.snnet:
         family = family_from_snnet_checkpoint(args.snnet, name=args.name, names=args.names,
-                                              num_heads=args.num_heads)
+                                              num_heads=args.num_heads,
+                                              global_pool=args.global_pool)
     else:
         family = family_from_anchor_files(args.anchors, name=args.name or out.stem,
-                                          names=args.names, num_heads=args.num_heads)
+                                          names=args.names, num_heads=args.num_heads,
+                                          global_pool=args.global_pool)
     space = VariantSpace([a.name for a in family.anchors], [a.config for a in family.anchors],
                          window=args.window, stride=args.stride, nearest=not args.all_pairs)
     log.info("family %s: anchors %s, %d variants", family.name,
@@ -149,7 +157,11 @@ def _stitch(args, argv) -> int:
                        for a in family.anchors), len(space))
     fit_report = None
     if args.stitch_weights:
-        donor = family_from_snnet_checkpoint(args.stitch_weights)
+        # only its stitching layers are used: give it the anchors' heads and pooling rather
+        # than warn about guesses that do not matter
+        donor = family_from_snnet_checkpoint(
+            args.stitch_weights, num_heads=[a.config.num_heads for a in family.anchors],
+            global_pool=family.anchors[0].config.global_pool)
         _adopt_stitch_layers(family, donor, space)
         family.sources.append(donor.sources[0])
     elif args.calibrate:

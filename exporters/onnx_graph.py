@@ -251,20 +251,24 @@ class GraphBuilder:
         return g.op("Add", [x, h], pre)
 
     def _head(self, g: _Nodes, anchor, norm: bool, x: str, pre: str) -> str:
+        """timm's forward_head after `norm`: pool (class token, or the mean of the patch tokens),
+        `fc_norm` when the model has it (norm after pooling instead of before), linear head.
+        `norm=False` (stitched routes, SN-Net) skips the final `norm`, never `fc_norm`."""
         c = anchor.config
         if norm and not c.fc_norm:
             x = self._layernorm(g, anchor, "norm", x, pre)
+        if c.distilled:  # timm eval: mean of the class-token head and the distillation head
+            logits = self._linear(g, anchor, "head",
+                                  g.op("Gather", [x, g.const(0, np.int64)], pre, axis=1), pre)
+            dist = self._linear(g, anchor, "head_dist",
+                                g.op("Gather", [x, g.const(1, np.int64)], pre, axis=1), pre)
+            return g.op("Mul", [g.op("Add", [logits, dist], pre), g.const(0.5)], pre)
         if c.global_pool == "avg":
             patches = g.op("Slice", [x, g.const([c.num_prefix_tokens], np.int64),
                                      g.const([c.seq_len], np.int64), g.const([1], np.int64)], pre)
             pooled = g.op("ReduceMean", [patches], pre, axes=[1], keepdims=0)
-            if c.fc_norm:
-                pooled = self._layernorm(g, anchor, "fc_norm", pooled, pre)
-            return self._linear(g, anchor, "head", pooled, pre)
-        logits = self._linear(g, anchor, "head",
-                              g.op("Gather", [x, g.const(0, np.int64)], pre, axis=1), pre)
-        if c.distilled:  # timm eval: mean of the class-token head and the distillation head
-            dist = self._linear(g, anchor, "head_dist",
-                                g.op("Gather", [x, g.const(1, np.int64)], pre, axis=1), pre)
-            logits = g.op("Mul", [g.op("Add", [logits, dist], pre), g.const(0.5)], pre)
-        return logits
+        else:
+            pooled = g.op("Gather", [x, g.const(0, np.int64)], pre, axis=1)
+        if c.fc_norm:
+            pooled = self._layernorm(g, anchor, "fc_norm", pooled, pre)
+        return self._linear(g, anchor, "head", pooled, pre)

@@ -357,7 +357,8 @@ def numpy_family(anchors) -> Family:
     out = []
     for name, m in zip(ANCHOR_NAMES, anchors):
         sd = {k: v.detach().numpy().copy() for k, v in m.state_dict().items()}
-        cfg = config_from_state_dict(sd, num_heads=m.cfg.num_heads, where=f"anchor {name}")
+        cfg = config_from_state_dict(sd, num_heads=m.cfg.num_heads, global_pool="token",
+                                     where=f"anchor {name}")
         out.append(Anchor(name, cfg, sd))
     return Family(FAMILY_NAME, out, preprocess=PREPROCESS, labels=LABELS)
 
