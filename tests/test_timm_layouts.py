@@ -38,6 +38,9 @@ LAYOUTS = {
                         global_pool="avg", class_token=False, **SMALL),
     "avg_fc_norm_cls": dict(name="vit_base_patch16_224", embed_dim=128, num_heads=2,
                             global_pool="avg", **SMALL),
+    # class token pooling with fc_norm=True: same keys as avg + fc_norm with a class token
+    "token_fc_norm": dict(name="vit_base_patch16_224", embed_dim=128, num_heads=2,
+                          fc_norm=True, **SMALL),
     # class token AND avg pooling without fc_norm: same keys as DeiT, different output
     "cls_avg_no_fc_norm": dict(name="vit_base_patch16_224", global_pool="avg", fc_norm=False,
                                embed_dim=128, num_heads=2, **SMALL),
@@ -47,12 +50,14 @@ LAYOUTS = {
     # DeiT III: layer scale, pos_embed without the class token
     "deit3": dict(name="deit3_small_patch16_224", **SMALL),
 }
-# what a file with no config must guess (None: nothing, the keys decide)
+# what a file with no config must guess: the flag its WARNING names (the rest: keys decide;
+# DeiT layouts with 64-wide heads warn too, the guess happens to be right)
 NEEDS = {"gap_registered": "--num-heads", "cls_avg_no_fc_norm": "--global-pool",
-         "heads_not_64_wide": "--num-heads"}
-# the flags / snrt.config values that settle it
+         "heads_not_64_wide": "--num-heads", "token_fc_norm": "--global-pool",
+         "avg_fc_norm_cls": "--global-pool", "deit_cls_norm": "--global-pool"}
+# ...and where the guess is wrong, the flags / snrt.config values that settle it
 SETTLE = {"gap_registered": {"num_heads": 16}, "cls_avg_no_fc_norm": {"global_pool": "avg"},
-          "heads_not_64_wide": {"num_heads": 6}}
+          "heads_not_64_wide": {"num_heads": 6}, "token_fc_norm": {"global_pool": "token"}}
 
 
 def _model(layout: str, seed: int = 0):
@@ -115,11 +120,12 @@ def test_layout_from_keys_alone(tmp_path, caplog, layout):
     delta, _ = _export(tmp_path, m, stem="bare")
     warned = _guess_warnings(caplog)
     print(f"{layout:20s} keys only     max|Δlogit| {delta:.2e}")
-    if layout not in NEEDS:
+    if layout in NEEDS:
+        assert NEEDS[layout] in warned, warned
+    if layout not in SETTLE:
         assert delta <= TOL, f"{layout}: max |Δlogit| {delta:.3g} vs timm"
         return
-    assert NEEDS[layout] in warned, warned
-    assert delta > TOL  # the convention is wrong for this model: hence the warning
+    assert delta > TOL  # the guess is wrong for this model: hence the warning
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in SETTLE[layout].items()]
     caplog.clear()
     delta, _ = _export(tmp_path, m, flags=flags, stem="flagged")
@@ -128,7 +134,7 @@ def test_layout_from_keys_alone(tmp_path, caplog, layout):
     assert NEEDS[layout] not in _guess_warnings(caplog)
 
 
-@pytest.mark.parametrize("layout", sorted(NEEDS))
+@pytest.mark.parametrize("layout", sorted(SETTLE))
 def test_layout_with_snrt_config_metadata(tmp_path, caplog, layout):
     caplog.set_level(logging.INFO)
     meta = {"snrt.config": json.dumps(SETTLE[layout])}

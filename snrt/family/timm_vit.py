@@ -17,9 +17,10 @@ Each comes from the first source that records it:
 3. timm's config.json beside the weights (`model_args`, the top-level `global_pool`, then the
    registered architecture's defaults: timm_config.py);
 4. inference from the keys: distilled DeiT -> its two tokens; no class token -> the mean of the
-   patch tokens; `fc_norm` -> average pooling (timm puts the norm after pooling for it);
-5. convention: 64-wide heads (DeiT/ViT), class-token pooling. A value from convention is a guess
-   and is logged as a WARNING naming the flag that settles it.
+   patch tokens; class token + `fc_norm` -> average pooling (timm's default puts the norm after
+   pooling only for it, but fc_norm=True with the class token exists: a guess);
+5. convention: 64-wide heads (DeiT/ViT), class-token pooling.
+A guess (4 when ambiguous, 5) is logged as a WARNING naming the flag that settles it.
 
 Values a config records that the keys also decide (width, depth, tokens, norm placement...) are
 checked against the weights, so a config.json of another model is refused instead of obeyed.
@@ -129,13 +130,11 @@ def config_from_state_dict(sd: StateDict, *, num_heads: int | None = None,
         guesses.append(f"num_heads={heads} (64-wide heads, the DeiT/ViT convention; "
                        "pass --num-heads)")
     if pool is None:
-        pool, pool_from, reason = _pool_from_keys(facts)
-        if reason:
-            log.info("%s: global_pool '%s' (%s)", where, pool, reason)
+        pool, pool_from, reason, guess = _pool_from_keys(facts)
+        if guess:
+            guesses.append(guess)
         else:
-            guesses.append("global_pool='token' (class-token pooling; a timm ViT with "
-                           "global_pool='avg', fc_norm=False has the same keys: pass "
-                           "--global-pool avg if it averages the patch tokens)")
+            log.info("%s: global_pool '%s' (%s)", where, pool, reason)
     if guesses:
         log.warning("%s: not recorded beside the weights (no config.json, no 'snrt.config' "
                     "metadata), so snrt assumed %s", where, "; ".join(guesses))
@@ -166,15 +165,22 @@ def _first(key: str, sources: list[tuple[str, dict]]):
     return found[0] if found else (None, None)
 
 
-def _pool_from_keys(facts: dict) -> tuple[str, str, str | None]:
-    """(pool, source, reason) from the keys; reason None means it is only the convention."""
+def _pool_from_keys(facts: dict) -> tuple[str, str, str, str | None]:
+    """(pool, source, reason, guess): guess is the WARNING text when the keys fit two poolings
+    (a class token is there, so both 'token' and 'avg' are possible)."""
     if facts["distilled"]:
-        return "token", "the keys", "distilled DeiT: class and distillation tokens"
+        return "token", "the keys", "distilled DeiT: class and distillation tokens", None
     if not facts["class_token"]:
-        return "avg", "the keys", "no class token: the mean of the patch tokens"
+        return "avg", "the keys", "no class token: the mean of the patch tokens", None
     if facts["fc_norm"]:
-        return "avg", "the keys", "fc_norm: timm normalises after pooling for average pooling"
-    return "token", "the class-token convention", None
+        return "avg", "the keys", "fc_norm", (
+            "global_pool='avg' (fc_norm after pooling is timm's default for average pooling; a "
+            "class-token model built with fc_norm=True has the same keys: pass --global-pool "
+            "token if it reads the class token)")
+    return "token", "the class-token convention", "class token", (
+        "global_pool='token' (class-token pooling; a timm ViT with global_pool='avg', "
+        "fc_norm=False has the same keys: pass --global-pool avg if it averages the patch "
+        "tokens)")
 
 
 def _check_pool(pool, pool_from: str, facts: dict, where: str) -> None:
