@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 
 import numpy as np
 import pytest
@@ -151,6 +152,8 @@ def test_legacy_single_dict_config_json(tmp_path, vit6):
     ({"model_args__class_token": False}, ModelFileError, "class_token"),
     ({"model_args__global_pool": "avg"}, ModelFileError, "fc_norm"),
     ({"model_args__mlp_ratio": 2.0}, ModelFileError, "mlp_ratio"),
+    ({"model_args__mlp_ratio": math.inf}, ModelFileError, "mlp_ratio"),  # found by the fuzz
+    ({"pretrained_cfg__crop_pct": math.nan}, ModelFileError, "crop_pct"),
     ({"model_args__init_values": 1e-5}, ModelFileError, "init_values"),
     ({"num_classes": 1000}, ModelFileError, "num_classes 1000 and model_args.num_classes 5"),
     ({"num_classes": 1000, "model_args__num_classes": 1000}, ModelFileError,
@@ -213,3 +216,51 @@ def test_pooling_the_keys_decide_needs_no_guess(caplog):
     with pytest.raises(UnsupportedModelError, match="distilled"):
         config_from_state_dict(state_dict_np(dist), global_pool="avg")
     assert np.isfinite(c.norm_eps)
+
+
+_FIELDS = [("architecture", ""), ("num_classes", ""), ("num_features", ""),
+           ("global_pool", ""), ("model_args", ""), ("pretrained_cfg", ""), ("label_names", ""),
+           *[("model_args", k) for k in (
+               "num_heads", "embed_dim", "depth", "img_size", "patch_size", "global_pool",
+               "class_token", "fc_norm", "mlp_ratio", "init_values", "qk_norm", "act_layer",
+               "drop_rate", "no_embed_class", "num_classes", "qkv_bias")],
+           *[("pretrained_cfg", k) for k in (
+               "input_size", "mean", "std", "crop_pct", "interpolation", "crop_mode")]]
+
+
+def test_config_json_fuzz(tmp_path_factory, vit6):
+    """Any JSON in one or two fields of a valid config.json: snrt returns a config or raises
+    its own error naming the file, never a TypeError/OverflowError from a value it did not
+    check."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from snrt.errors import SnrtError
+
+    leaves = (st.sampled_from([math.inf, -math.inf, math.nan, 0, -1, 0.5, 1e308, 10**30, True,
+                               "", "vit_tiny_patch16_224", "token", "avg", "bicubic", "gelu"])
+              | st.none() | st.integers(-5, 2**70) | st.floats() | st.text(max_size=4))
+    values = st.one_of(leaves, leaves, leaves, st.lists(leaves, max_size=4), st.dictionaries(
+        st.sampled_from(["0", "1", "a"]), leaves, max_size=2))
+    d = tmp_path_factory.mktemp("fuzzcfg")
+    sd = state_dict_np(vit6)
+    base = json.loads(_config_json(d / "config.json").read_text())
+
+    @given(edits=st.lists(st.tuples(st.sampled_from(_FIELDS), values), min_size=1, max_size=2))
+    @settings(max_examples=400, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    def check(edits):
+        cfg = json.loads(json.dumps(base))
+        for (section, key), v in edits:
+            if key and isinstance(cfg.get(section), dict):
+                cfg[section][key] = v
+            elif not key:
+                cfg[section] = v
+        p = d / "config.json"
+        p.write_text(json.dumps(cfg))
+        try:
+            config_from_state_dict(sd, hub_config=read_hub_config(p))
+        except SnrtError as e:
+            assert "config.json" in str(e), str(e)
+
+    check()

@@ -257,14 +257,18 @@ def _arg(key: str, v, path: Path, label: str):
             raise bad("a string")
         return v
     if key == "mlp_ratio":
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+        if not _number(v) or not v > 0:
             raise bad("a positive number")
         return float(v)
     if key == "init_values":
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+        if v is not None and not _number(v):
             raise bad("a number or null")
         return v
     raise AssertionError(key)  # every key routed here is one of the above
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _preprocess(pre: dict, path: Path, where: str) -> dict[str, Any] | None:
@@ -288,9 +292,8 @@ def _preprocess(pre: dict, path: Path, where: str) -> dict[str, Any] | None:
         v = pre.get(key)
         if v is None:
             continue
-        if not (isinstance(v, list) and v and all(
-                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-                for x in v)) or (chans is not None and len(v) != chans):
+        if not (isinstance(v, list) and v and all(_number(x) for x in v)) or (
+                chans is not None and len(v) != chans):
             raise ModelFileError(f"{path}: key '{where}{key}' must be a list of "
                                  f"{chans or 'per-channel'} numbers, not {v!r}")
         if key == "std" and min(v) <= 0:
@@ -298,7 +301,7 @@ def _preprocess(pre: dict, path: Path, where: str) -> dict[str, Any] | None:
         out[key] = tuple(float(x) for x in v)
     if pre.get("crop_pct") is not None:
         v = pre["crop_pct"]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
+        if not _number(v) or not 0 < v <= 1:
             raise ModelFileError(f"{path}: key '{where}crop_pct' must be a number in (0, 1], "
                                  f"not {v!r}")
         out["crop_pct"] = float(v)

@@ -257,7 +257,7 @@ def _check_declared(args: dict, facts: dict, label: str, where: str) -> None:
         if label.endswith(".json"):
             hint = ("; a config.json beside several weight files applies to all of them: name "
                     "each one <weights stem>.config.json")
-        return ModelFileError(f"{label}: {key} = {said!r}, but the weights {where} have "
+        return ModelFileError(f"{label}: {key} = {said!r}, but the weights ({where}) have "
                               f"{have!r}: it describes another model{hint}")
 
     for key, said in args.items():
