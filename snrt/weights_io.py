@@ -1,8 +1,10 @@
 """Read and write state dicts (name -> numpy array) from weight files, treating them as untrusted.
 
-Formats: `.safetensors` (parsed here with numpy, validated), `.npz` (no pickles), `.pth`/`.pt`/
-`.bin` (only through `torch.load(weights_only=True)`, which needs the `torch` extra).
-Nothing here unpickles arbitrary objects.
+Formats: `.safetensors` (parsed here with numpy, validated), `.npz` (zip of numeric `.npy`
+arrays, parsed here, no pickles), `.pth`/`.pt`/`.bin` (only through
+`torch.load(weights_only=True)`, which needs the `torch` extra). Nothing here unpickles
+arbitrary objects. A malformed file raises ModelFileError naming the file and what is wrong;
+memory stays bounded by the file's size whatever its header claims.
 """
 
 from __future__ import annotations

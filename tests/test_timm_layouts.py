@@ -30,8 +30,9 @@ LAYOUTS = {
     # class token, final norm, class-token pooling (DeiT / ViT)
     "deit_cls_norm": dict(name="deit_tiny_patch16_224", **SMALL),
     # timm's *_gap_*: no class token, final norm then the mean of the patch tokens; the
-    # registered architecture has 16 heads (48 wide at 768), so heads need the config too
-    "gap_registered": dict(name="vit_base_patch16_gap_224", **SMALL),
+    # registered architecture has 16 heads (48 wide at 768; 12 at the 192 used here), which
+    # only its config.json (architecture name) or a flag can say
+    "gap_registered": dict(name="vit_base_patch16_gap_224", embed_dim=192, **SMALL),
     "gap_64_wide": dict(name="vit_base_patch16_gap_224", embed_dim=128, num_heads=2, **SMALL),
     # global_pool='avg' with fc_norm (timm's default for avg): mean, then norm
     "avg_fc_norm": dict(name="vit_base_patch16_224", embed_dim=128, num_heads=2,

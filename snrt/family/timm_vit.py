@@ -136,8 +136,8 @@ def config_from_state_dict(sd: StateDict, *, num_heads: int | None = None,
         else:
             log.info("%s: global_pool '%s' (%s)", where, pool, reason)
     if guesses:
-        log.warning("%s: not recorded beside the weights (no config.json, no 'snrt.config' "
-                    "metadata), so snrt assumed %s", where, "; ".join(guesses))
+        log.warning("%s: neither flags, 'snrt.config' metadata nor a timm config.json beside "
+                    "the weights record this, so snrt assumed %s", where, "; ".join(guesses))
     if type(heads) is not int or heads < 1 or embed_dim % heads:
         raise UnsupportedModelError(f"{where}: embed_dim {embed_dim} is not divisible by "
                                     f"{heads!r} heads (from {heads_from}); pass the right "
