@@ -323,3 +323,18 @@ def test_study_smoke(tmp_path):
     for t in ("uci-digits", "faces"):
         _, meta, prov = T.read_task_file(tmp_path / f"{t}.safetensors")
         assert len(meta["variants"]) == 71 and len(prov["test"]) == 71
+
+
+def test_variants_a_task_is_valid_for(backbone):
+    """Tuners on b alone: only b (an s>b stitch would run untuned s blocks); tuners everywhere:
+    all 71; heads only (linear probe on b): b and the 34 stitches ending in b."""
+    names = backbone.frozen.anchor_names
+
+    def ok(task):
+        return [v.id for v in backbone.space.variants
+                if T.route_supported(task, v.route, names)]
+
+    assert ok(_task(backbone, ["adapter:r=2"], tuned={"b": list(range(12))}, heads=["b"])) == ["b"]
+    assert len(ok(_task(backbone, ["adapter:r=2"]))) == 71
+    probe = ok(_task(backbone, [], tuned={}, heads=["b"]))
+    assert len(probe) == 35 and all(i == "b" or i.startswith("s>b@") for i in probe)

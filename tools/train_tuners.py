@@ -197,7 +197,8 @@ class RunResult:
 
 
 def train(torch, bb: Backbone, data, tensors: Tensors, method: str, specs, train_variants,
-          settings: Settings, seed: int, progress: bool = True) -> RunResult:
+          settings: Settings, seed: int, progress: bool = True, init=None) -> RunResult:
+    """Train one run; `init` (a TaskTuners of the same layout) gives the starting weights."""
     from tuners_torch import TaskTuners, forward_task
 
     F = torch.nn.functional
@@ -220,6 +221,8 @@ def train(torch, bb: Backbone, data, tensors: Tensors, method: str, specs, train
     task = TaskTuners(bb.frozen.dims(), list(specs), len(data.labels),
                       tuned if specs else {}, heads)
     task.init_heads_from(bb.frozen)
+    if init is not None:
+        task.load_tensors(init.export_tensors())
     groups = [{"params": list(task.parameters()), "lr": settings.lr,
                "weight_decay": settings.weight_decay}]
     trained = task.param_count()
@@ -294,7 +297,7 @@ def train(torch, bb: Backbone, data, tensors: Tensors, method: str, specs, train
 def run(args) -> dict:
     import torch
     from task_datasets import load_task_data
-    from tuners_torch import TunerSpec, write_task_file
+    from tuners_torch import TunerSpec, route_supported, write_task_file
 
     torch.set_num_threads(args.threads)
     t_start = time.monotonic()
@@ -311,7 +314,7 @@ def run(args) -> dict:
     res = train(torch, bb, data, tensors, args.method, specs, train_variants, settings,
                 args.seed, progress=not args.quiet)
     runnable = [v for v in bb.space.variants
-                if bb.frozen.anchor_names[v.route.anchors[-1]] in res.task.heads]
+                if route_supported(res.task, v.route, bb.frozen.anchor_names)]
     eval_variants = (resolve_variants(bb.space, args.eval_variants) if args.eval_variants
                      else runnable)
     acc = evaluate(torch, res.backbone, res.task, eval_variants, tensors.x["test"],
@@ -349,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-variants", default="all", help="'all' (sample every variant per "
                    "step) or variant ids, e.g. 'b' or 'ti,s,b'")
     p.add_argument("--eval-variants", help="variant ids to measure on the test split (default: "
-                   "every variant that can run the task)")
+                   "every variant the task is valid for)")
     p.add_argument("--out", type=Path, help="task file to write (.safetensors)")
     p.add_argument("--steps", type=int, help="training steps (default: per task)")
     p.add_argument("--train-limit", type=int, help="use only the first N training images")

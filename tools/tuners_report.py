@@ -12,10 +12,14 @@ KIND_ROWS = [("linear-probe_b", "linear probe (task head only)"),
              ("full-finetune_b", "full fine-tune (every weight of b + task head)"),
              ("adapter_b", "adapter r=8 (FFN)"), ("lora_b", "LoRA r=4 (qkv)"),
              ("prefix_b", "prefix l=4 (MHA keys/values)"), ("prompt_b", "prompt l=4 (tokens)"),
-             ("adapter_all", "adapter r=8, trained on all 71 variants (shipped)")]
+             ("adapter_all", "adapter r=8, all 71 variants jointly from scratch"),
+             ("adapter_each_joint", "adapter r=8, per anchor then all 71 jointly (shipped)")]
 ROUTE_ROWS = [("adapter_b", "adapter on b only"),
-              ("adapter_each", "adapters trained per anchor alone, composed"),
-              ("adapter_all", "adapters trained jointly, a variant drawn per step")]
+              ("adapter_each", "(1) adapters trained per anchor alone, composed"),
+              ("adapter_all", "(2) adapters trained jointly from scratch, a variant per step"),
+              ("adapter_each_joint", "(3) = (1), then jointly, a variant per step (shipped)")]
+COLUMNS = [("adapter_each_joint", "shipped"), ("adapter_each", "each"),
+           ("adapter_all", "scratch")]
 
 
 def _fmt(r: dict | None) -> str:
@@ -108,7 +112,7 @@ def write_report(summaries: list[dict], bundle, path: Path, command: str, timing
                 continue
             t = r["test"]["b"]
             params = r["trained_params"]
-            if key == "adapter_all":  # the part of the joint task that anchor b reads
+            if key in ("adapter_all", "adapter_each_joint"):  # the part anchor b reads
                 params = depth * adapter.params_per_block(dims["b"]) + sum(
                     int(np.prod(v)) for v in head_shapes(dims["b"], len(s["data"]["labels"]))
                     .values())
@@ -144,13 +148,13 @@ def write_report(summaries: list[dict], bundle, path: Path, command: str, timing
 
     lines += ["## Every variant", "",
               "digits = the backbone's own MNIST head (no tuners; the bundle's manifest). "
-              "joint = adapters trained on all variants (the shipped task file); each = "
-              "adapters trained per anchor alone and composed. tuner params = adapter + head "
-              "parameters the route reads (joint task).", "",
+              "shipped = (3), adapters trained per anchor then jointly on all variants (the "
+              "task file); each = (1), per anchor alone and composed; scratch = (2), jointly "
+              "from scratch. tuner params = adapter + head parameters the route reads.", "",
               "| id | MFLOPs | digits | " + " | ".join(
-                  f"{s['task']} joint | {s['task']} each" for s in summaries)
+                  f"{s['task']} {c}" for s in summaries for _, c in COLUMNS)
               + " | tuner params |",
-              "|---|---:|---:|" + "---:|" * (2 * len(summaries)) + "---:|"]
+              "|---|---:|---:|" + "---:|" * (len(COLUMNS) * len(summaries)) + "---:|"]
     for v in space.variants:
         n_cls = len(summaries[0]["data"]["labels"])
         tp = route_tuner_params(
@@ -158,7 +162,7 @@ def write_report(summaries: list[dict], bundle, path: Path, command: str, timing
             lambda d, n=n_cls: sum(int(np.prod(x)) for x in head_shapes(d, n).values()))
         cells = []
         for s in summaries:
-            for key in ("adapter_all", "adapter_each"):
+            for key, _ in COLUMNS:
                 r = s["results"][key]["test"].get(v.id)
                 cells.append(f"{r['top1']:.1f}" if r else "-")
         dig = f"{v.accuracy['top1']:.1f}" if v.accuracy else "-"
@@ -168,6 +172,25 @@ def write_report(summaries: list[dict], bundle, path: Path, command: str, timing
     lines.append("")
     lines.append(f"(tuner params column for a {n_cls}-class head: "
                  f"`{summaries[0]['task']}`.)")
+    lines += ["", "## For the exporter and the runtime", "",
+              "- A task file (`<out-dir>/<task>.safetensors`) is read with "
+              "`tools/tuners_torch.read_task_file` (keys and shapes checked; the format is in "
+              "that module's docstring). Bind it to the backbone by `backbone_sha256` (a "
+              "retrained family invalidates every task: rerun this study).",
+              "- A tuned block is a drop-in piece: input and output [B, 1+N, D] like the frozen "
+              "block (prompts are dropped at the block's output), so stitches, untuned blocks and "
+              "other tasks' pieces compose with it. Embedding and stitching layers are never "
+              "tuned: a task adds only per-block branches and one head per end anchor.",
+              "- Cheapest export per kind: adapter = two extra MatMuls + GELU beside the FFN; "
+              "LoRA = two MatMuls added to qkv's output (or folded into W_qkv for a "
+              "single-task graph); prefix = a Concat of constant K/V per head before the "
+              "softmax; prompt = fold to a prefix (K, V from LN1(P) through the frozen qkv) or "
+              "run the L extra tokens and slice them off.",
+              "- The task head always applies its own LayerNorm (also on stitched routes, unlike "
+              "the backbone's head); it replaces the backbone's `head`/`head_nonorm` piece.",
+              "- `variants` in `snrt.task` lists the variants the task was trained and measured "
+              "for (all 71 for the shipped files); the accuracy per variant is in "
+              "`snrt.task.provenance` (`test`: top-1, n, 95% interval)."]
     lines += ["", "## Test n and intervals per task", ""]
     for s in summaries:
         n = s["data"]["sizes"]["test"]
@@ -180,34 +203,44 @@ def write_report(summaries: list[dict], bundle, path: Path, command: str, timing
 
 
 def _joint(s: dict) -> int:
-    return s["results"]["adapter_all"]["trained_params"]
+    return s["results"]["adapter_each_joint"]["trained_params"]
 
 
 def _decision(summaries, groups, names) -> str:
+    st = [i for g in groups.values() for i in g]
+
+    def desc(test: dict) -> str:
+        anchors = ", ".join(f"{a} {test[a]['top1']:.1f}" for a in names)
+        vals = [test[i]["top1"] for i in st]
+        return (f"anchors {anchors}; stitches median {float(np.median(vals)):.1f}, "
+                f"min {min(vals):.1f}")
+
     parts = []
     for s in summaries:
-        j = s["results"]["adapter_all"]["test"]
-        e = s["results"]["adapter_each"]["test"]
-        ab = s["results"]["adapter_b"]["test"]
-        st = [i for g in groups.values() for i in g]
-        dj = [j[i]["top1"] - e[i]["top1"] for i in st]
-        better = sum(d > 0 for d in dj)
-        anchors = ", ".join(f"{a} {j[a]['top1'] - e[a]['top1']:+.1f}" for a in names)
-        sb = [i for i in groups["s>b"] if i in ab]
+        r = s["results"]
+        j, e, sc = (r[k]["test"] for k in ("adapter_each_joint", "adapter_each", "adapter_all"))
+        ab = r["adapter_b"]["test"]
+        gain = [j[i]["top1"] - e[i]["top1"] for i in st]
+        sb = [ab[i]["top1"] for i in groups["s>b"] if i in ab]
         parts.append(
-            f"- `{s['task']}`: over the 68 stitches, joint minus composed is "
-            f"{float(np.mean(dj)):+.1f} points on average (joint better on {better} of 68; "
-            f"median stitch {float(np.median([j[i]['top1'] for i in st])):.1f}% vs "
-            f"{float(np.median([e[i]['top1'] for i in st])):.1f}%); on the anchors {anchors}. "
-            f"Tuners on b alone reach s>b stitches only through untuned s blocks: median "
-            f"{float(np.median([ab[i]['top1'] for i in sb])):.1f}% on those 34.")
+            f"- `{s['task']}`: (1) per anchor, composed: {desc(e)}. (2) jointly from scratch: "
+            f"{desc(sc)}. (3) = (1) then jointly: {desc(j)}; (3) - (1) over the 68 stitches "
+            f"{float(np.mean(gain)):+.1f} points on average, better on "
+            f"{sum(g > 0 for g in gain)}, worse on {sum(g < 0 for g in gain)}. Tuners on b "
+            f"alone, on the s>b stitches (their s blocks untuned): median "
+            f"{float(np.median(sb)):.1f}, min {min(sb):.1f}.")
     return ("**Decision: a task file holds tuners for every block of every anchor and a head "
-            "per anchor, trained jointly while drawing one of the 71 variants per step (SN-Net's "
-            "recipe), so every variant of the family can run every task and the controller keeps "
+            "per anchor, trained in SN-Net's order: each anchor's tuners alone first, then all "
+            "71 variants jointly, one drawn uniformly per step, at a third of the learning rate. "
+            "Every variant of the family can then run every task, so the controller keeps "
             "switching variants freely while a task is active.** Why: a stitch feeds the end "
             "anchor's blocks with activations mapped by a stitching layer, which tuners trained "
-            "on the anchor alone never saw, and a route ending in an anchor needs that "
-            "anchor's head. The evidence (test top-1):\n\n" + "\n".join(parts) + "\n\n"
-            "Tuners trained on one anchor alone (the cheaper recipe) therefore validate a task "
-            "for that anchor only; the runtime must refuse (task, variant) pairs that the task "
-            "file's `variants` list does not name.")
+            "on that anchor alone never saw; and a route needs the head of the anchor it ends "
+            "in. Training jointly from scratch starves the small anchors: a uniform draw over "
+            "the 71 variants ends in ti once in 71 steps (ti's head and the ti-only blocks "
+            "barely train), which (2) shows. The evidence (test top-1 %):\n\n"
+            + "\n".join(parts) + "\n\n"
+            "A task trained on one anchor alone (the cheap recipe, e.g. `--train-variants b`) is "
+            "valid on that anchor only: its file's `variants` names just that anchor "
+            "(`tuners_torch.route_supported`), and the runtime should refuse (task, variant) "
+            "pairs the list does not name.")

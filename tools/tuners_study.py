@@ -57,6 +57,8 @@ class RunSpec:
     train_variants: str
     eval_variants: str  # "runnable" = every variant with a head, or ids
     steps_factor: int = 1
+    init: str = ""  # start from this run's (or composition's) weights
+    lr_scale: float = 1.0
 
 
 def study_runs() -> list[RunSpec]:
@@ -73,10 +75,19 @@ def study_runs() -> list[RunSpec]:
     return runs
 
 
+JOINT_FROM_EACH = RunSpec("adapter_each_joint", "tuners", (KIND_SPECS["adapter"],), "all",
+                          "runnable", init="adapter_each", lr_scale=1 / 3)
+SHIPPED_RUN = JOINT_FROM_EACH.key
+
+
 def _signature(bb, data, settings, spec: RunSpec, seed: int) -> str:
+    run = asdict(spec)
+    for k, default in (("init", ""), ("lr_scale", 1.0)):  # signatures of older runs stay valid
+        if run[k] == default:
+            del run[k]
     blob = json.dumps({"backbone": bb.sha256, "data": data.source["sha256"],
                        "split": {k: v.tolist() for k, v in data.split.items()},
-                       "settings": asdict(settings), "run": asdict(spec), "seed": seed,
+                       "settings": asdict(settings), "run": run, "seed": seed,
                        "format": 1}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -86,7 +97,13 @@ def run_task(task_name: str, bundle: str, out_dir: Path, seed: int, threads: int
     """All runs of one task (cached); returns {run key: result}."""
     import torch
     from task_datasets import load_task_data
-    from tuners_torch import TaskTuners, TunerSpec, read_task_file, write_task_file
+    from tuners_torch import (
+        TaskTuners,
+        TunerSpec,
+        read_task_file,
+        route_supported,
+        write_task_file,
+    )
 
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -99,19 +116,19 @@ def run_task(task_name: str, bundle: str, out_dir: Path, seed: int, threads: int
                          test_limit=20 if smoke else None)
     runs_dir = out_dir / "runs" / task_name
     runs_dir.mkdir(parents=True, exist_ok=True)
+    space, names = bb.space, bb.frozen.anchor_names
     results: dict[str, dict] = {}
     tasks: dict[str, object] = {}
-    space = bb.space
-    names = bb.frozen.anchor_names
 
     def eval_list(spec: RunSpec, task) -> list:
         if spec.eval_variants == "runnable":
             return [v for v in space.variants if names[v.route.anchors[-1]] in task.heads]
         return tt.resolve_variants(space, spec.eval_variants)
 
-    for spec in study_runs():
-        settings = replace(base, steps=base.steps * spec.steps_factor)
-        sig = _signature(bb, data, settings, spec, seed)
+    def do_run(spec: RunSpec, init=None, extra_sig: str = "") -> None:
+        settings = replace(base, steps=base.steps * spec.steps_factor,
+                           lr=base.lr * spec.lr_scale)
+        sig = _signature(bb, data, settings, spec, seed) + extra_sig
         res_path = runs_dir / f"{spec.key}.json"
         file_path = runs_dir / f"{spec.key}.safetensors"
         if res_path.is_file():
@@ -125,12 +142,12 @@ def run_task(task_name: str, bundle: str, out_dir: Path, seed: int, threads: int
                     t = TaskTuners.from_task_json(meta, bb.frozen.dims())
                     t.load_tensors(tensors_)
                     tasks[spec.key] = t.eval()
-                continue
+                return
         specs = [TunerSpec.parse(s) for s in spec.tuners]
         train_variants = tt.resolve_variants(space, spec.train_variants)
         t0 = time.process_time()
         res = tt.train(torch, bb, data, tensors, spec.method, specs, train_variants, settings,
-                       seed, progress=progress)
+                       seed, progress=progress, init=init)
         train_cpu = time.process_time() - t0
         evs = eval_list(spec, res.task)
         t0 = time.process_time()
@@ -145,8 +162,8 @@ def run_task(task_name: str, bundle: str, out_dir: Path, seed: int, threads: int
                   "eval_cpu_seconds": round(eval_cpu, 1), "test": test, "val": val,
                   "threads": threads, "torch": torch.__version__}
         if spec.method != "full-finetune":
-            runnable = [v.id for v in space.variants if names[v.route.anchors[-1]] in
-                        res.task.heads]
+            runnable = [v.id for v in space.variants
+                        if route_supported(res.task, v.route, names)]
             meta = res.task.task_json(data.name, data.labels, bb.family.name, bb.sha256,
                                       runnable)
             write_task_file(file_path, res.task, meta,
@@ -160,6 +177,9 @@ def run_task(task_name: str, bundle: str, out_dir: Path, seed: int, threads: int
                  ", ".join(f"{k} {v['top1']:.1f}%" for k, v in list(test.items())[:3]),
                  res.trained_params, train_cpu)
 
+    for spec in study_runs():
+        do_run(spec)
+
     # adapters trained on each anchor alone, composed: every variant runs with the tuners of
     # the anchors it passes through, trained without ever seeing a stitch
     parts = [tasks[f"adapter_{n}"] for n in names]
@@ -168,17 +188,18 @@ def run_task(task_name: str, bundle: str, out_dir: Path, seed: int, threads: int
                          .encode()).hexdigest()[:16]
     res_path = runs_dir / f"{comp_key}.json"
     old = json.loads(res_path.read_text()) if res_path.is_file() else {}
+    comp = TaskTuners(bb.frozen.dims(), parts[0].specs, len(data.labels),
+                      {n: list(range(bb.frozen.depth)) for n in names}, list(names))
+    merged = {}
+    for p in parts:
+        merged.update(p.export_tensors())
+    comp.load_tensors(merged)
+    comp.eval()
     if old.get("signature") == sig:
         results[comp_key] = old
     else:
-        comp = TaskTuners(bb.frozen.dims(), parts[0].specs, len(data.labels),
-                          {n: list(range(bb.frozen.depth)) for n in names}, list(names))
-        merged = {}
-        for p in parts:
-            merged.update(p.export_tensors())
-        comp.load_tensors(merged)
         t0 = time.process_time()
-        test = tt.evaluate(torch, bb, comp.eval(), list(space.variants), tensors.x["test"],
+        test = tt.evaluate(torch, bb, comp, list(space.variants), tensors.x["test"],
                            tensors.y["test"], progress=progress, desc="adapter_each test")
         results[comp_key] = {"signature": sig, "run": {"key": comp_key, "method": "tuners",
                                                        "tuners": [KIND_SPECS["adapter"]],
@@ -187,9 +208,12 @@ def run_task(task_name: str, bundle: str, out_dir: Path, seed: int, threads: int
                              "eval_cpu_seconds": round(time.process_time() - t0, 1)}
         atomic_write_json(res_path, results[comp_key])
 
+    # SN-Net's order: anchors first, then joint training of every variant from there
+    do_run(JOINT_FROM_EACH, init=comp, extra_sig=sig)
+
     # the shipped task file: joint adapters (every variant can run it)
     ship = out_dir / f"{task_name}.safetensors"
-    src = runs_dir / "adapter_all.safetensors"
+    src = runs_dir / f"{SHIPPED_RUN}.safetensors"
     atomic_write_bytes(ship, src.read_bytes())
     return {"task": task_name, "data": _data_summary(data, tensors), "results": results,
             "backbone_sha256": bb.sha256, "family": bb.family.name, "file": str(ship)}

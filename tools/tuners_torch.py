@@ -563,8 +563,12 @@ def forward_task(backbone: FrozenBackbone, task: TaskTuners, x: torch.Tensor, ro
 
 
 def route_supported(task: TaskTuners, route, anchor_names: list[str]) -> bool:
-    """A route can run the task if it ends in an anchor with a task head."""
-    return anchor_names[route.anchors[-1]] in task.heads
+    """The routes a task is valid for (its file's `variants`): the route ends in an anchor with
+    a task head and, if the task has tuners, every anchor it passes through has them (tuners
+    trained on b alone say nothing about an s>b stitch's untuned s blocks)."""
+    if anchor_names[route.anchors[-1]] not in task.heads:
+        return False
+    return not task.tuners or all(anchor_names[a] in task.tuners for a in route.anchors)
 
 
 def backbone_from_family(family):
