@@ -197,8 +197,11 @@ class RunResult:
 
 
 def train(torch, bb: Backbone, data, tensors: Tensors, method: str, specs, train_variants,
-          settings: Settings, seed: int, progress: bool = True, init=None) -> RunResult:
-    """Train one run; `init` (a TaskTuners of the same layout) gives the starting weights."""
+          settings: Settings, seed: int, progress: bool = True, init=None,
+          anchor_share: float = 0.0) -> RunResult:
+    """Train one run; `init` (a TaskTuners of the same layout) gives the starting weights;
+    `anchor_share`: the fraction of steps that draw an anchor route (the rest draw uniformly
+    from all `train_variants`), so anchors are not starved by the stitches."""
     from tuners_torch import TaskTuners, forward_task
 
     F = torch.nn.functional
@@ -237,7 +240,15 @@ def train(torch, bb: Backbone, data, tensors: Tensors, method: str, specs, train
     xtr, ytr = tensors.x["train"], tensors.y["train"]
     n, bs, total = len(ytr), min(settings.batch_size, len(ytr)), settings.steps
     warmup = max(1, int(total * settings.warmup_frac))
-    draws = np.random.default_rng(_mix(seed, "variants")).integers(0, len(train_variants), total)
+    rng = np.random.default_rng(_mix(seed, "variants"))
+    draws = rng.integers(0, len(train_variants), total)
+    if anchor_share > 0:
+        anchor_idx = [i for i, v in enumerate(train_variants) if v.route.is_anchor]
+        if not anchor_idx:
+            raise SnrtError("--anchor-share needs anchors among --train-variants")
+        pick = rng.random(total) < anchor_share
+        draws = np.where(pick, np.asarray(anchor_idx)[rng.integers(0, len(anchor_idx), total)],
+                         draws)
     spe = n // bs
     history, window = [], []
     t0 = time.monotonic()
@@ -312,7 +323,7 @@ def run(args) -> dict:
     train_variants = resolve_variants(bb.space, args.train_variants)
     tensors = prepare(torch, data, bb.bundle.preprocess, settings.train_limit)
     res = train(torch, bb, data, tensors, args.method, specs, train_variants, settings,
-                args.seed, progress=not args.quiet)
+                args.seed, progress=not args.quiet, anchor_share=args.anchor_share)
     runnable = [v for v in bb.space.variants
                 if route_supported(res.task, v.route, bb.frozen.anchor_names)]
     eval_variants = (resolve_variants(bb.space, args.eval_variants) if args.eval_variants
@@ -351,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--method", choices=METHODS, default="tuners")
     p.add_argument("--train-variants", default="all", help="'all' (sample every variant per "
                    "step) or variant ids, e.g. 'b' or 'ti,s,b'")
+    p.add_argument("--anchor-share", type=float, default=0.0, help="fraction of steps that "
+                   "train an anchor route (default 0: uniform over --train-variants)")
     p.add_argument("--eval-variants", help="variant ids to measure on the test split (default: "
                    "every variant the task is valid for)")
     p.add_argument("--out", type=Path, help="task file to write (.safetensors)")

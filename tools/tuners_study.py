@@ -59,6 +59,7 @@ class RunSpec:
     steps_factor: int = 1
     init: str = ""  # start from this run's (or composition's) weights
     lr_scale: float = 1.0
+    anchor_share: float = 0.0  # fraction of steps drawing an anchor route
 
 
 def study_runs() -> list[RunSpec]:
@@ -77,12 +78,16 @@ def study_runs() -> list[RunSpec]:
 
 JOINT_FROM_EACH = RunSpec("adapter_each_joint", "tuners", (KIND_SPECS["adapter"],), "all",
                           "runnable", init="adapter_each", lr_scale=1 / 3)
-SHIPPED_RUN = JOINT_FROM_EACH.key
+# the same with half the steps on an anchor route: (3) starves the anchors (ti is 1 of 71)
+JOINT_ANCHORS = RunSpec("adapter_each_joint_anchors", "tuners", (KIND_SPECS["adapter"],), "all",
+                        "runnable", init="adapter_each", lr_scale=1 / 3, anchor_share=0.5)
+SHIPPED_RUN = JOINT_ANCHORS.key
 
 
 def _signature(bb, data, settings, spec: RunSpec, seed: int) -> str:
     run = asdict(spec)
-    for k, default in (("init", ""), ("lr_scale", 1.0)):  # signatures of older runs stay valid
+    # fields added later are left out at their defaults: older runs' signatures stay valid
+    for k, default in (("init", ""), ("lr_scale", 1.0), ("anchor_share", 0.0)):
         if run[k] == default:
             del run[k]
     blob = json.dumps({"backbone": bb.sha256, "data": data.source["sha256"],
@@ -147,7 +152,7 @@ def run_task(task_name: str, bundle: str, out_dir: Path, seed: int, threads: int
         train_variants = tt.resolve_variants(space, spec.train_variants)
         t0 = time.process_time()
         res = tt.train(torch, bb, data, tensors, spec.method, specs, train_variants, settings,
-                       seed, progress=progress, init=init)
+                       seed, progress=progress, init=init, anchor_share=spec.anchor_share)
         train_cpu = time.process_time() - t0
         evs = eval_list(spec, res.task)
         t0 = time.process_time()
@@ -210,6 +215,7 @@ def run_task(task_name: str, bundle: str, out_dir: Path, seed: int, threads: int
 
     # SN-Net's order: anchors first, then joint training of every variant from there
     do_run(JOINT_FROM_EACH, init=comp, extra_sig=sig)
+    do_run(JOINT_ANCHORS, init=comp, extra_sig=sig)
 
     # the shipped task file: joint adapters (every variant can run it)
     ship = out_dir / f"{task_name}.safetensors"

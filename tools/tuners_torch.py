@@ -62,9 +62,11 @@ D that anchor's width, C = len(labels). Metadata (safetensors `__metadata__`, st
   runs only on the exact backbone it was trained on), "tuners": [{"kind": "adapter", "r": 8},
   {"kind": "lora", "r": 4, "alpha": 4.0}, {"kind": "prefix", "l": 4}, {"kind": "prompt", "l": 4}],
   "anchors": {name: {"embed_dim", "num_heads", "blocks": [i, ...]}} (anchors with tuners),
-  "heads": [anchor names with a task head], "head": {"norm": "layernorm", "eps": 1e-6,
-  "pool": "token", "on_stitched_routes": "norm"}, "prompt_drop": "block_output",
-  "lora_scale_folded": true, "variants": [variant ids the task is validated on]}.
+  "heads": [anchor names with a task head], "head_dims": {anchor: D of its head},
+  "head": {"norm": "layernorm", "eps": 1e-6, "pool": "token", "on_stitched_routes": "norm"},
+  "prompt_drop": "block_output", "lora_scale_folded": true,
+  "variants": [variant ids the task is valid for: routes ending in an anchor with a head whose
+  anchors all carry tuners (`route_supported`)]}.
 - `snrt.task.provenance`: JSON, for people: dataset, split, training settings, test accuracy per
   variant (top-1, n, 95% interval), trained params.
 
