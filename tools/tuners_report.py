@@ -94,9 +94,10 @@ def write_report(summaries: list[dict], bundle, path: Path, command: str, timing
         f"{next(iter(st.values()))['label_smoothing']}, lr {next(iter(st.values()))['lr']} "
         f"(tuners, heads), {next(iter(st.values()))['backbone_lr']} (backbone weights in the "
         "full fine-tune); "
-        + "; ".join(f"{t}: {v['steps']} steps of {v['batch_size']} images (joint runs twice "
-                    "the steps)" for t, v in st.items())
-        + ". The final weights are measured (no selection on the test split).",
+        + "; ".join(f"{t}: {v['steps']} steps of {v['batch_size']} images" for t, v in st.items())
+        + " per run; (2) below trains twice the steps, (3) and (4) as many steps at a third of "
+        "the learning rate, starting from (1). The final weights are measured (no selection on "
+        "the test split).",
         f"- Cost: {cpu / 60:.1f} min of CPU for all runs (training + test, summed over the "
         f"runs, {timing['threads']} torch thread per run); their training took "
         f"{wall_train / 60:.1f} min wall on a shared, loaded 2-core machine. This invocation: "
