@@ -4,7 +4,7 @@
         (--stitch-weights snnet.pth | --calibrate images/) --out deit.snrt
     snrt-export stitch --snnet snnet_deit.safetensors --out deit.snrt
     snrt-export tflite deit.snrt --precisions fp32,int8
-    snrt-export info deit.snrt
+    snrt-export info deit.snrt [--expect-digest sha256:...] [--rewrite]
     snrt-export --list
 """
 
@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from snrt.bundle import Bundle, BundleWriter
+from snrt.bundle import SCHEMA_VERSION, Bundle, BundleWriter, rewrite_manifest
 from snrt.errors import SnrtError
 from snrt.family import Family, family_from_anchor_files, family_from_snnet_checkpoint
 from snrt.preprocess import load_image, preprocess_image
@@ -96,9 +96,16 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
     i = sub.add_parser("info", help="describe a bundle and verify its files",
-                       description="Print a bundle's family, variants and files; verify hashes.")
+                       description="Print a bundle's family, variants, files and manifest "
+                                   "digest; verify the manifest and every file's sha256. Exits "
+                                   "1 if anything is wrong.")
     i.add_argument("bundle")
     i.add_argument("--no-verify", action="store_true", help="skip the sha256 check")
+    i.add_argument("--expect-digest", metavar="SHA256",
+                   help="fail unless the manifest has this digest (pin a bundle)")
+    i.add_argument("--rewrite", action="store_true",
+                   help="migrate the manifest to the current schema (adds/updates its digest); "
+                        "verifies every file first and changes no other file")
     return p
 
 
@@ -232,11 +239,19 @@ def _tflite(args) -> int:
 
 
 def _info(args) -> int:
-    b = Bundle.open(args.bundle, verify=not args.no_verify)
+    if args.rewrite:
+        if args.no_verify:
+            raise SnrtError("--rewrite verifies every file first; drop --no-verify")
+        digest = rewrite_manifest(args.bundle, expected_digest=args.expect_digest)
+        log.info("rewrote %s (schema version %d), digest %s", Path(args.bundle) /
+                 "manifest.json", SCHEMA_VERSION, digest)
+    b = Bundle.open(args.bundle, verify=not args.no_verify,
+                    expected_digest=None if args.rewrite else args.expect_digest)
     m = b.manifest
     print(f"{b.path}: family {b.name}, {len(b.variants)} variants, "
           f"{sum(f['bytes'] for f in m.files.values()) / 1e6:.1f} MB in {len(m.files)} files"
           f"{'' if args.no_verify else ' (sha256 verified)'}")
+    print(f"  manifest schema v{m.schema_version}, digest {b.digest}")
     for a in m.family["anchors"]:
         c = a["config"]
         print(f"  anchor {a['name']:4s} D={c['embed_dim']} depth={c['depth']} "

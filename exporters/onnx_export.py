@@ -38,7 +38,7 @@ def export_onnx(family: Family, space: VariantSpace, writer: BundleWriter, *,
     variants: list[VariantInfo] = []
     for v in space:
         for p in v.route.pieces(depth):
-            pid = builder.piece_id(p)
+            pid = space.piece_id(p)
             if pid not in pieces:
                 rel = f"{GRAPHS}/p_{_safe(pid)}.onnx"
                 pieces[pid] = (p, PieceInfo(
@@ -57,15 +57,8 @@ def export_onnx(family: Family, space: VariantSpace, writer: BundleWriter, *,
             model = builder.graph(v.route.pieces(depth), v.id,
                                   doc=f"snrt variant {v.id} (cfg_id {v.cfg_id}) of {family.name}")
             writer.path(rel).write_bytes(model.SerializeToString())
-            variants.append(VariantInfo(
-                index=v.index, id=v.id, cfg_id=v.cfg_id,
-                anchors=[family.anchors[a].name for a in v.route.anchors],
-                stitches=[{"front": family.anchors[s.front].name,
-                           "end": family.anchors[s.end].name, "front_block": s.front_block,
-                           "end_block": s.end_block, "layer": s.layer}
-                          for s in v.route.stitches],
-                pieces=[builder.piece_id(p) for p in v.route.pieces(depth)],
-                flops=v.flops, params=v.params, graph=rel, accuracy=v.accuracy))
+            variants.append(VariantInfo(**space.variant_record(v.id), graph=rel,
+                                        accuracy=v.accuracy))
             bar.update(note=v.id)
     with open(writer.path(f"{GRAPHS}/{WEIGHTS_FILE}"), "wb") as f:
         builder.store.write(f)
@@ -78,11 +71,7 @@ def export_onnx(family: Family, space: VariantSpace, writer: BundleWriter, *,
             "name": family.name, "kind": "snnet" if len(family.anchors) > 1 else "vit",
             "anchors": [{"name": a.name, "config": a.config.to_json(), "source": a.source,
                          "params": a.num_params} for a in family.anchors],
-            "stitching": {"window": space.window, "stride": space.stride,
-                          "nearest": space.nearest,
-                          "pairs": [[family.anchors[f].name, family.anchors[e].name]
-                                    for f, e in space.pairs],
-                          "layers_per_pair": space.num_stitch_layers},
+            "stitching": space.stitching_json(),
             "sources": family.sources,
         },
         preprocess=family.preprocess,

@@ -20,7 +20,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from snrt.family import Family
-from snrt.variants import Piece
+from snrt.variants import Piece, piece_id
 
 OPSET = 17
 WEIGHTS_FILE = "weights.bin"
@@ -112,14 +112,8 @@ class GraphBuilder:
 
     # -- names -------------------------------------------------------------------------------
     def piece_id(self, p: Piece) -> str:
-        a = self.family.anchors[p.anchor].name
-        if p.kind == "embed":
-            return f"{a}.embed"
-        if p.kind == "block":
-            return f"{a}.block{p.index}"
-        if p.kind == "stitch":
-            return f"{a}>{self.family.anchors[p.end].name}.stitch{p.index}"
-        return f"{a}.head" if p.norm else f"{a}.head_nonorm"
+        """The piece's id (named in snrt.variants, beside the Piece)."""
+        return piece_id(p, [a.name for a in self.family.anchors])
 
     def io_shape(self, p: Piece, side: str) -> list:
         """Symbolic shape of a piece's input ('in') or output ('out')."""

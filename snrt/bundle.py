@@ -1,140 +1,69 @@
 """Bundle: a directory `NAME.snrt/` holding a family's variants, ready for any backend.
 
     NAME.snrt/
-      manifest.json          schema, provenance, family, preprocessing, variants, pieces, files
+      manifest.json          schema, digest, provenance, family, preprocessing, variants, pieces,
+                             files (see snrt.manifest for the schema and its validation)
       graphs/weights.bin     every weight once (float32, aligned), shared by all graphs
       graphs/v000_ti.onnx    one graph per variant (standalone use, verification, TFLite)
       graphs/p_ti.block0.onnx  one graph per piece (what the runtime chains)
       tflite/...             optional TFLite exports
 
 Writing goes to a staging directory renamed into place at the end, so a crash never leaves a
-half-written bundle under the final name. Opening checks the schema and, by default, the size and
-sha256 of every file listed, and says which file is wrong and what to do.
+half-written bundle under the final name; every manifest written is validated first.
+
+Opening trusts nothing it has not checked: the manifest's digest (and the caller's pinned
+`expected_digest`), every field (snrt.manifest), then by default the size and sha256 of every
+listed file. Every file a backend opens must be listed: a variant's graph, its pieces' graphs,
+its TFLite files, and the files a graph's tensors read as external data. So each ONNX graph is
+read (snrt.onnx_file) when it is verified, or before its first use when verification is off: its
+name must be the id of the piece or variant the manifest says it is (a swapped graph is caught),
+each external-data `location` must resolve, inside the bundle, to a listed file, the bytes it
+reads must lie inside that file, and, for `graphs/weights.bin`, match the manifest's tensors
+table. Errors are BundleError naming the file and what to do.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
-import logging
+import functools
+import hashlib
 import os
+import posixpath
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+import threading
 from pathlib import Path
 
 import numpy as np
 
-from .errors import BundleError, UnknownVariantError
+from .errors import BundleError, ModelFileError, UnknownVariantError
 from .family import Anchor, Family, Preprocess, StitchLayer, ViTConfig
-from .fileio import atomic_write_json, sha256_file
+from .fileio import sha256_file
+from .manifest import (
+    MANIFEST,
+    SCHEMA,
+    SCHEMA_VERSION,
+    WEIGHTS,
+    Manifest,
+    PieceInfo,
+    VariantInfo,
+    manifest_from_json,
+    normalize_digest,
+    parse_manifest_text,
+    write_manifest,
+)
+from .onnx_file import OnnxFileInfo, read_onnx_info
+from .variants import variant_space_from_json
 from .version import __version__
 
-log = logging.getLogger(__name__)
+__all__ = ["MANIFEST", "SCHEMA", "SCHEMA_VERSION", "WEIGHTS", "Bundle", "BundleWriter",
+           "Manifest", "PieceInfo", "VariantInfo", "record_file", "rewrite_manifest",
+           "update_manifest"]
 
-SCHEMA = "snrt.bundle"
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
-WEIGHTS = "graphs/weights.bin"
-
-
-@dataclass
-class PieceInfo:
-    id: str
-    kind: str  # embed | block | stitch | head
-    anchor: str
-    graph: str  # path relative to the bundle
-    flops: int
-    input: str
-    output: str
-    input_shape: list
-    output_shape: list
-
-    @classmethod
-    def from_json(cls, d: dict) -> PieceInfo:
-        return cls(**d)
-
-
-@dataclass
-class VariantInfo:
-    index: int
-    id: str
-    cfg_id: int
-    anchors: list[str]
-    stitches: list[dict]  # [{"front", "end", "front_block", "end_block", "layer"}]
-    pieces: list[str]
-    flops: int
-    params: int
-    graph: str
-    accuracy: dict | None = None  # {"top1": float (%), "dataset": str, "split": str, "n": int}
-    exports: dict = field(default_factory=dict)  # e.g. {"tflite": {"fp32": {...}}}
-
-    @property
-    def is_anchor(self) -> bool:
-        return not self.stitches
-
-    @property
-    def top1(self) -> float | None:
-        return None if not self.accuracy else self.accuracy.get("top1")
-
-    @classmethod
-    def from_json(cls, d: dict) -> VariantInfo:
-        return cls(**d)
-
-
-@dataclass
-class Manifest:
-    family: dict  # name, kind, anchors [{name, config, source}], stitching {...}
-    preprocess: Preprocess
-    input: dict  # {"name", "shape", "layout"}
-    output: dict  # {"name", "shape"}
-    variants: list[VariantInfo]
-    pieces: list[PieceInfo]
-    files: dict[str, dict]  # path -> {"sha256", "bytes"}
-    tensors: dict[str, dict]  # name -> {"offset", "shape", "source", "transposed"}
-    labels: list[str] | None = None
-    provenance: dict = field(default_factory=dict)
-    stitch_fit: dict | None = None
-    exports: dict = field(default_factory=dict)
-    schema: str = SCHEMA
-    schema_version: int = SCHEMA_VERSION
-
-    def to_json(self) -> dict:
-        d = {
-            "schema": self.schema, "schema_version": self.schema_version,
-            "provenance": self.provenance, "family": self.family,
-            "preprocess": self.preprocess.to_json(), "labels": self.labels,
-            "input": self.input, "output": self.output, "stitch_fit": self.stitch_fit,
-            "variants": [vars(v) for v in self.variants],
-            "pieces": [vars(p) for p in self.pieces],
-            "tensors": self.tensors, "exports": self.exports, "files": self.files,
-        }
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict, where: str = MANIFEST) -> Manifest:
-        if not isinstance(d, dict) or d.get("schema") != SCHEMA:
-            raise BundleError(f"{where}: not an snrt bundle manifest (schema "
-                              f"{d.get('schema') if isinstance(d, dict) else None!r})")
-        ver = d.get("schema_version")
-        if ver != SCHEMA_VERSION:
-            raise BundleError(
-                f"{where}: bundle schema version {ver}, this snrt (v{__version__}) reads "
-                f"version {SCHEMA_VERSION}; re-export the bundle with this snrt or upgrade snrt")
-        try:
-            return cls(
-                family=d["family"], preprocess=Preprocess.from_json(d["preprocess"]),
-                input=d["input"], output=d["output"],
-                variants=[VariantInfo.from_json(v) for v in d["variants"]],
-                pieces=[PieceInfo.from_json(p) for p in d["pieces"]],
-                files=d["files"], tensors=d["tensors"], labels=d.get("labels"),
-                provenance=d.get("provenance", {}), stitch_fit=d.get("stitch_fit"),
-                exports=d.get("exports", {}), schema=d["schema"], schema_version=ver,
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise BundleError(f"{where}: malformed manifest ({type(e).__name__}: {e}); "
-                              "the bundle is damaged: re-export it") from None
+# sha256 of a graph file -> what it references; only filled from files whose hash was verified
+_GRAPH_INFO_BY_SHA: dict[str, OnnxFileInfo] = {}
+_GRAPH_INFO_MAX = 4096
 
 
 class Bundle:
@@ -145,11 +74,21 @@ class Bundle:
         self.manifest = manifest
         self._by_id = {v.id: v for v in manifest.variants}
         self._pieces = {p.id: p for p in manifest.pieces}
+        # graph file -> the id its graph must carry (a piece's or a variant's)
+        self._graph_owner = {p.graph: p.id for p in manifest.pieces}
+        self._graph_owner.update({v.graph: v.id for v in manifest.variants})
+        self._graphs_checked: set[str] = set()
+        self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, verify: bool = True) -> Bundle:
-        """Open a bundle. verify=True checks size and sha256 of every file (the default);
-        verify="size" only sizes (fast, for trusted local bundles); False skips checks."""
+    def open(cls, path: str | os.PathLike, *, verify: bool | str = True,
+             expected_digest: str | None = None) -> Bundle:
+        """Open a bundle: check the manifest's digest and every field, then the listed files.
+
+        verify=True checks size and sha256 of every file (the default); verify="size" only
+        sizes (fast, for trusted local bundles); False skips the file checks (graphs are still
+        checked before first use). expected_digest: the manifest digest ("sha256:<hex>", as
+        `snrt-export info` prints) this must be; pinning it with verify=True pins every file."""
         path = Path(path)
         mpath = path / MANIFEST
         if not path.is_dir():
@@ -157,20 +96,34 @@ class Bundle:
         if not mpath.is_file():
             raise BundleError(f"{mpath}: missing; {path} is not a complete bundle "
                               "(an export was interrupted?): re-export it")
-        try:
-            raw = json.loads(mpath.read_text("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise BundleError(f"{mpath}: not valid JSON ({e}); re-export the bundle") from None
-        bundle = cls(path, Manifest.from_json(raw, str(mpath)))
+        raw = parse_manifest_text(mpath.read_bytes(), str(mpath))
+        bundle = cls(path, manifest_from_json(raw, str(mpath), expected_digest=expected_digest))
         if verify:
             bundle.verify(hashes=verify is True)
         return bundle
 
-    def verify(self, *, hashes: bool = True) -> None:
-        for rel, info in self.manifest.files.items():
-            self._check_file(rel, info, hashes)
+    @property
+    def digest(self) -> str:
+        """The manifest's digest, "sha256:<hex>" (pin it with Bundle.open(expected_digest=))."""
+        return self.manifest.digest
 
-    def _check_file(self, rel: str, info: dict, hashes: bool) -> None:
+    def check_digest(self, expected_digest: str) -> None:
+        """BundleError unless this bundle's manifest has `expected_digest`."""
+        if normalize_digest(expected_digest) != self.digest:
+            raise BundleError(f"{self.path / MANIFEST}: manifest digest {self.digest}, but "
+                              f"{normalize_digest(expected_digest)} was expected (pinned): "
+                              "this is not the bundle you pinned")
+
+    def verify(self, *, hashes: bool = True) -> None:
+        """Check every listed file (size, and sha256 when `hashes`); read every graph."""
+        for rel, info in self.manifest.files.items():
+            if rel in self._graph_owner:
+                self._check_graph(rel)
+            else:
+                self._check_file(rel, info, hashes)
+
+    def _check_file(self, rel: str, info: dict, hashes: bool, read: bool = False
+                    ) -> bytes | None:
         p = self._resolve(rel)
         if not p.is_file():
             raise BundleError(f"{p}: missing from the bundle; re-export it or restore the file")
@@ -178,13 +131,74 @@ class Bundle:
         if size != info["bytes"]:
             raise BundleError(f"{p}: {size} bytes, the manifest says {info['bytes']} "
                               "(truncated or replaced); re-export the bundle")
-        if hashes and sha256_file(p) != info["sha256"]:
-            raise BundleError(f"{p}: sha256 does not match the manifest (modified or "
-                              "corrupted); do not use it: re-export the bundle")
+        data = p.read_bytes() if read else None
+        if hashes:
+            digest = sha256_file(p) if data is None else hashlib.sha256(data).hexdigest()
+            if digest != info["sha256"]:
+                raise BundleError(f"{p}: sha256 does not match the manifest (modified or "
+                                  "corrupted); do not use it: re-export the bundle")
+        return data
+
+    def _check_graph(self, rel: str) -> None:
+        """The graph file `rel` is what the manifest says: its size and sha256 (graphs are
+        small: always hashed, whatever `verify` says), its name is its owner's id, and every
+        file its tensors read is listed, inside the bundle, and long enough."""
+        if rel in self._graphs_checked:
+            return
+        p = self._resolve(rel)
+        info_sha = self.manifest.files[rel]["sha256"]
+        data = self._check_file(rel, self.manifest.files[rel], True, read=True)
+        info = _GRAPH_INFO_BY_SHA.get(info_sha)
+        if info is None:
+            try:
+                info = read_onnx_info(data)
+            except ModelFileError as e:
+                raise BundleError(f"{p}: {str(e).split(': ', 1)[-1]}") from None
+            if len(_GRAPH_INFO_BY_SHA) < _GRAPH_INFO_MAX:
+                _GRAPH_INFO_BY_SHA[info_sha] = info
+        owner = self._graph_owner.get(rel)
+        if owner is not None and info.graph_name != owner:
+            raise BundleError(f"{p}: holds the graph of '{info.graph_name}', but the manifest "
+                              f"lists it as the graph of '{owner}' (graphs swapped or "
+                              "replaced); do not use it: re-export the bundle")
+        files, tensors = self.manifest.files, self.manifest.tensors
+        base, targets = posixpath.dirname(rel), {}
+        for loc in {r.location for r in info.external}:  # each location once
+            target = posixpath.normpath(posixpath.join(base, loc))
+            if "\\" in loc or loc.startswith("/") or target == ".." or \
+                    target.startswith("../"):
+                raise BundleError(f"{p}: reads external data from '{loc}', outside the bundle; "
+                                  "do not use it: re-export the bundle")
+            if target not in files:
+                raise BundleError(
+                    f"{p}: reads external data from '{loc}' ({target}), which "
+                    f"{self.path / MANIFEST} does not list, so it would be used unchecked; "
+                    "every file a graph opens must be listed: re-export the bundle")
+            self._resolve(target)
+            targets[loc] = target
+        for ref in info.external:
+            target = targets[ref.location]
+            size = files[target]["bytes"]
+            if ref.offset + (ref.length or 0) > size:
+                raise BundleError(f"{p}: tensor '{ref.tensor}' reads bytes {ref.offset}.."
+                                  f"{ref.offset + (ref.length or 0)} of {target}, which has "
+                                  f"{size}; re-export the bundle")
+            t = tensors.get(ref.tensor) if target == WEIGHTS and tensors else None
+            if target == WEIGHTS and tensors and (
+                    t is None or t["offset"] != ref.offset or tuple(t["shape"]) != ref.dims):
+                raise BundleError(f"{p}: tensor '{ref.tensor}' (offset {ref.offset}, shape "
+                                  f"{list(ref.dims)}) is not where the manifest's tensors "
+                                  f"table puts it ({t}); re-export the bundle")
+        with self._lock:
+            self._graphs_checked.add(rel)
+
+    @functools.cached_property
+    def _root(self) -> Path:
+        return self.path.resolve()
 
     def _resolve(self, rel: str) -> Path:
-        p = (self.path / rel).resolve()
-        if self.path.resolve() not in p.parents:
+        p = (self._root / rel).resolve()
+        if self._root not in p.parents:
             raise BundleError(f"{self.path / MANIFEST}: file path '{rel}' escapes the bundle")
         return p
 
@@ -224,6 +238,8 @@ class Bundle:
             f"{[v.id for v in self.variants[:4]]} (see Bundle.variants or use a cfg_id)")
 
     def piece(self, piece_id: str) -> PieceInfo:
+        if piece_id not in self._pieces:
+            raise BundleError(f"no piece '{piece_id}' in {self.path / MANIFEST}")
         return self._pieces[piece_id]
 
     def file(self, rel: str) -> Path:
@@ -232,10 +248,17 @@ class Bundle:
         return self._resolve(rel)
 
     def graph_path(self, variant: str | int | VariantInfo) -> Path:
-        return self.file(self.variant(variant).graph)
+        """A variant's whole graph, checked (name, external data) before it is handed out."""
+        return self._graph(self.variant(variant).graph)
 
     def piece_path(self, piece_id: str) -> Path:
-        return self.file(self.piece(piece_id).graph)
+        """A piece's graph, checked (name, external data) before it is handed out."""
+        return self._graph(self.piece(piece_id).graph)
+
+    def _graph(self, rel: str) -> Path:
+        p = self.file(rel)
+        self._check_graph(rel)
+        return p
 
     def weights_bytes(self) -> int:
         return self.manifest.files[WEIGHTS]["bytes"]
@@ -244,7 +267,7 @@ class Bundle:
         """Rebuild the numpy Family (timm key names, stitching layers) from weights.bin."""
         raw = np.memmap(self.file(WEIGHTS), dtype=np.uint8, mode="r")
         anchors = {a["name"]: Anchor(a["name"], ViTConfig.from_json(a["config"]), {},
-                                     a.get("source", {}))
+                                     a["source"])
                    for a in self.manifest.family["anchors"]}
         stitch: dict[tuple[str, str, int], dict[str, np.ndarray]] = {}
         for name, t in self.manifest.tensors.items():
@@ -269,21 +292,15 @@ class Bundle:
                 raise BundleError(f"{self.path}: stitching layer {f}>{e}.{t} out of order")
             lst.append(StitchLayer(wb["weight"], wb["bias"]))
         return Family(self.name, list(anchors.values()), layers, self.preprocess, self.labels,
-                      self.manifest.family.get("sources", []))
+                      self.manifest.family["sources"])
 
     def variant_space(self):
-        """The VariantSpace this bundle was exported from (routes, FLOPs, params)."""
-        from .variants import VariantSpace
-
-        st = self.manifest.family.get("stitching", {})
-        anchors = self.manifest.family["anchors"]
-        space = VariantSpace([a["name"] for a in anchors],
-                             [ViTConfig.from_json(a["config"]) for a in anchors],
-                             window=st.get("window", 2), stride=st.get("stride", 1),
-                             nearest=st.get("nearest", True))
+        """The variant space this bundle was exported from (routes, FLOPs, params), with the
+        accuracies the bundle records."""
+        space = variant_space_from_json(self.manifest.family)
         for v in space:
-            info = self.variant(v.id)
-            v.accuracy = info.accuracy
+            if v.id in self._by_id:
+                v.accuracy = self._by_id[v.id].accuracy
         return space
 
     def __repr__(self) -> str:
@@ -315,7 +332,7 @@ class BundleWriter:
         manifest.provenance.setdefault("snrt_version", __version__)
         manifest.provenance.setdefault(
             "created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-        atomic_write_json(self.stage / MANIFEST, manifest.to_json())
+        write_manifest(self.stage / MANIFEST, manifest)
         old = None
         if self.dest.exists():
             old = self.dest.with_name(f".{self.dest.name}.old-{os.getpid()}")
@@ -337,15 +354,28 @@ class BundleWriter:
 
 
 def update_manifest(path: str | os.PathLike, mutate, *, verify: bool | str = "size") -> Manifest:
-    """Apply `mutate(manifest, bundle_path)` to a bundle's manifest and rewrite it atomically.
+    """Apply `mutate(manifest, bundle_path)` to a bundle's manifest and rewrite it atomically
+    (validated, in the current schema, with a new digest).
 
     For steps that add to an existing bundle (accuracy measurement, TFLite export): files they
     add must already be in place; `mutate` records them via `record_file`. verify=False lets a
     repair step rewrite the manifest of a bundle whose listed files are damaged."""
     bundle = Bundle.open(path, verify=verify)
     mutate(bundle.manifest, bundle.path)
-    atomic_write_json(bundle.path / MANIFEST, bundle.manifest.to_json())
+    write_manifest(bundle.path / MANIFEST, bundle.manifest)
     return bundle.manifest
+
+
+def rewrite_manifest(path: str | os.PathLike, *, expected_digest: str | None = None) -> str:
+    """Migrate a bundle's manifest to the current schema (e.g. version 1 -> 2: adds the digest)
+    after verifying every file; nothing else in the bundle changes. Returns the new digest."""
+    bundle = Bundle.open(path, verify=True, expected_digest=expected_digest)
+    m = bundle.manifest
+    if m.schema_version != SCHEMA_VERSION:
+        m.provenance.setdefault("schema_migrations", []).append(
+            {"from": m.schema_version, "to": SCHEMA_VERSION, "snrt_version": __version__,
+             "by": "snrt.bundle.rewrite_manifest", "previous_digest": m.digest})
+    return write_manifest(bundle.path / MANIFEST, m)
 
 
 def record_file(manifest: Manifest, bundle_path: Path, rel: str) -> None:

@@ -81,7 +81,7 @@ class Runtime:
                  threads: int = 1, variants: list[str | int] | None = None,
                  initial: str | int | None = None, lazy: bool = False,
                  controller=None, verify: bool | str = True, history: int = 4096,
-                 **backend_options):
+                 expected_digest: str | None = None, **backend_options):
         """
         bundle: a bundle directory or an open Bundle.
         backend: "onnxruntime" or "tflite" (see snrt.backends).
@@ -93,8 +93,15 @@ class Runtime:
         controller: None, "auto", or a policy object that picks variants (snrt.controller).
         verify: check bundle hashes on open (True), sizes only ("size") or not at all (False).
         history: per-call records kept for stats().
+        expected_digest: the manifest digest the bundle must have ("sha256:<hex>", printed by
+            `snrt-export info`); pins the exact bundle (every file, with verify=True).
         """
-        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle, verify=verify)
+        if isinstance(bundle, Bundle):
+            self.bundle = bundle
+            if expected_digest is not None:
+                bundle.check_digest(expected_digest)
+        else:
+            self.bundle = Bundle.open(bundle, verify=verify, expected_digest=expected_digest)
         keep = self.bundle.variants if variants is None else [self.bundle.variant(k)
                                                                 for k in variants]
         if variants is None and backend == "tflite":  # only what has been exported

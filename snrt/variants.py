@@ -12,6 +12,13 @@ matmuls and LayerNorm (5 per element) counted; softmax, GELU, adds not counted).
 follow SN-Net's `get_model_size`: an anchor counts all its parameters; a stitched route counts the
 front patch embedding (not its class token or position embedding), the blocks it runs, the
 stitching layer, and the end anchor's head and final norm.
+
+Piece ids ("ti.embed", "ti.block3", "ti>s.stitch2", "s.head_nonorm") are named here, beside the
+Piece, so that the exporter writes them and the bundle re-derives a variant's chain from its id
+without importing the exporter: `VariantSpace.variant_record(id)` is what a manifest's variant
+record must say (route, pieces, FLOPs, params), `piece_records()` what each piece record must say,
+and `variant_space_from_json` rebuilds the space from a manifest's `family` section. Another kind
+of space plugs in by providing the same three.
 """
 
 from __future__ import annotations
@@ -43,6 +50,18 @@ class Piece:
     index: int = 0  # block index, or stitching layer id
     end: int = -1  # stitch: end anchor
     norm: bool = True  # head: apply the final LayerNorm (anchors do, stitched routes do not)
+
+
+def piece_id(p: Piece, anchor_names: list[str]) -> str:
+    """The stable, readable id of a piece: "ti.embed", "ti.block3", "ti>s.stitch2", "s.head"."""
+    a = anchor_names[p.anchor]
+    if p.kind == "embed":
+        return f"{a}.embed"
+    if p.kind == "block":
+        return f"{a}.block{p.index}"
+    if p.kind == "stitch":
+        return f"{a}>{anchor_names[p.end]}.stitch{p.index}"
+    return f"{a}.head" if p.norm else f"{a}.head_nonorm"
 
 
 @dataclass(frozen=True)
@@ -240,3 +259,60 @@ class VariantSpace:
     def params(self, route: Route) -> int:
         return sum(self.piece_params(p, anchor_route=route.is_anchor)
                    for p in route.pieces(self.depth))
+
+    # -- what a bundle manifest must say -----------------------------------------------------
+    def piece_id(self, p: Piece) -> str:
+        return piece_id(p, self.anchor_names)
+
+    def piece_ids(self, key: str | int) -> list[str]:
+        """The chain of piece ids that variant `key` runs, in order."""
+        return [self.piece_id(p) for p in self.get(key).route.pieces(self.depth)]
+
+    def variant_record(self, key: str | int) -> dict:
+        """The fields of variant `key`'s manifest record that this space determines."""
+        v = self.get(key)
+        names = self.anchor_names
+        return {
+            "index": v.index, "id": v.id, "cfg_id": v.cfg_id,
+            "anchors": [names[a] for a in v.route.anchors],
+            "stitches": [{"front": names[s.front], "end": names[s.end],
+                          "front_block": s.front_block, "end_block": s.end_block,
+                          "layer": s.layer} for s in v.route.stitches],
+            "pieces": self.piece_ids(v.id), "flops": v.flops, "params": v.params,
+        }
+
+    def piece_records(self) -> dict[str, dict]:
+        """Piece id -> the fields of its manifest record this space determines, for every piece
+        of every variant, in first-use order."""
+        out: dict[str, dict] = {}
+        for v in self.variants:
+            for p in v.route.pieces(self.depth):
+                pid = self.piece_id(p)
+                if pid not in out:
+                    out[pid] = {"kind": p.kind, "anchor": self.anchor_names[p.anchor],
+                                "flops": self.piece_flops(p)}
+        return out
+
+    def stitching_json(self) -> dict:
+        """The manifest's `family.stitching` section for this space."""
+        return {"window": self.window, "stride": self.stride, "nearest": self.nearest,
+                "pairs": [[self.anchor_names[f], self.anchor_names[e]] for f, e in self.pairs],
+                "layers_per_pair": self.num_stitch_layers}
+
+
+FAMILY_KINDS = ("snnet", "vit")  # manifest family kinds whose variants are SN-Net stitches
+
+
+def variant_space_from_json(family: dict) -> VariantSpace:
+    """The variant space a manifest's `family` section describes (anchors' configs and the
+    stitching settings). Raises ValueError for a kind or stitching this snrt cannot rebuild."""
+    if family.get("kind") not in FAMILY_KINDS:
+        raise ValueError(f"family kind {family.get('kind')!r}; this snrt knows "
+                         f"{list(FAMILY_KINDS)}")
+    st = family.get("stitching", {})
+    anchors = family["anchors"]
+    space = VariantSpace([a["name"] for a in anchors],
+                         [ViTConfig.from_json(a["config"]) for a in anchors],
+                         window=st.get("window", 2), stride=st.get("stride", 1),
+                         nearest=st.get("nearest", True))
+    return space

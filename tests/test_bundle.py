@@ -9,6 +9,7 @@ import pytest
 
 from snrt.bundle import Bundle
 from snrt.errors import BundleError, UnknownVariantError
+from snrt.manifest import manifest_digest
 
 
 @pytest.fixture
@@ -57,7 +58,7 @@ def test_manifest_problems(copy):
         Bundle.open(copy)
     escaped = dict(d)
     escaped["files"] = {**d["files"], "../outside": {"sha256": "0" * 64, "bytes": 1}}
-    mpath.write_text(json.dumps(escaped))
+    mpath.write_text(json.dumps({**escaped, "digest": manifest_digest(escaped)}))
     with pytest.raises(BundleError, match="escapes"):
         Bundle.open(copy)
     mpath.write_text("{not json")
