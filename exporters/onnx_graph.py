@@ -20,7 +20,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from snrt.family import Family
-from snrt.variants import Piece, piece_id
+from snrt.variants import Piece, piece_id, piece_io_shape
 
 OPSET = 17
 WEIGHTS_FILE = "weights.bin"
@@ -117,15 +117,7 @@ class GraphBuilder:
 
     def io_shape(self, p: Piece, side: str) -> list:
         """Symbolic shape of a piece's input ('in') or output ('out')."""
-        c = self.family.anchors[p.anchor].config
-        if p.kind == "embed" and side == "in":
-            return ["batch", c.in_chans, c.img_size, c.img_size]
-        if p.kind == "head" and side == "out":
-            return ["batch", c.num_classes]
-        width = c.embed_dim
-        if p.kind == "stitch" and side == "out":
-            width = self.family.anchors[p.end].config.embed_dim
-        return ["batch", c.seq_len, width]
+        return piece_io_shape(p, [a.config for a in self.family.anchors], side)
 
     # -- graphs ------------------------------------------------------------------------------
     def graph(self, pieces: list[Piece], name: str, *, extra_outputs: dict[str, int] | None = None,

@@ -86,9 +86,10 @@ class Bundle:
         """Open a bundle: check the manifest's digest and every field, then the listed files.
 
         verify=True checks size and sha256 of every file (the default); verify="size" only
-        sizes (fast, for trusted local bundles); False skips the file checks (graphs are still
-        checked before first use). expected_digest: the manifest digest ("sha256:<hex>", as
-        `snrt-export info` prints) this must be; pinning it with verify=True pins every file."""
+        sizes of the large files (weights, TFLite: fast, for trusted local bundles); False
+        skips the file checks. Graphs are small and always hashed and read (with verify=False,
+        before first use). expected_digest: the manifest digest ("sha256:<hex>", as `snrt-export
+        info` prints) this must be; pinning it with verify=True pins every file."""
         path = Path(path)
         mpath = path / MANIFEST
         if not path.is_dir():
@@ -161,6 +162,13 @@ class Bundle:
             raise BundleError(f"{p}: holds the graph of '{info.graph_name}', but the manifest "
                               f"lists it as the graph of '{owner}' (graphs swapped or "
                               "replaced); do not use it: re-export the bundle")
+        rec = self._pieces.get(owner)
+        io = (rec.input, rec.output) if rec is not None and rec.graph == rel else \
+            (self.manifest.input["name"], self.manifest.output["name"])
+        if info.inputs != io[:1] or info.outputs[:1] != io[1:]:
+            raise BundleError(f"{p}: inputs {list(info.inputs)} and outputs "
+                              f"{list(info.outputs)}, but the manifest says input '{io[0]}', "
+                              f"output '{io[1]}'; re-export the bundle")
         files, tensors = self.manifest.files, self.manifest.tensors
         base, targets = posixpath.dirname(rel), {}
         for loc in {r.location for r in info.external}:  # each location once
@@ -183,8 +191,8 @@ class Bundle:
                 raise BundleError(f"{p}: tensor '{ref.tensor}' reads bytes {ref.offset}.."
                                   f"{ref.offset + (ref.length or 0)} of {target}, which has "
                                   f"{size}; re-export the bundle")
-            t = tensors.get(ref.tensor) if target == WEIGHTS and tensors else None
-            if target == WEIGHTS and tensors and (
+            t = tensors.get(ref.tensor) if target == WEIGHTS else None
+            if target == WEIGHTS and (
                     t is None or t["offset"] != ref.offset or tuple(t["shape"]) != ref.dims):
                 raise BundleError(f"{p}: tensor '{ref.tensor}' (offset {ref.offset}, shape "
                                   f"{list(ref.dims)}) is not where the manifest's tensors "

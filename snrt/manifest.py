@@ -59,7 +59,7 @@ from typing import Any, NoReturn
 from .errors import BundleError, UnknownVariantError, UnsupportedModelError
 from .family import Anchor, Family, Preprocess, ViTConfig
 from .fileio import atomic_write_json
-from .variants import variant_space_from_json
+from .variants import SpaceSpecError, variant_space_from_json
 from .version import __version__
 
 log = logging.getLogger(__name__)
@@ -465,8 +465,14 @@ def _config(v: _Checker, c: Any, fld: str) -> ViTConfig:
     return ViTConfig.from_json(c)
 
 
+_FAMILY_BASE = ("name", "kind", "anchors", "sources")
+
+
 def _family(v: _Checker, fam: Any):
-    v.record(fam, "family", ("name", "kind", "anchors", "stitching", "sources"))
+    v.obj(fam, "family")
+    for k in _FAMILY_BASE:
+        if k not in fam:
+            v.fail(f"family.{k}", "missing")
     v.string(fam["name"], "family.name")
     v.string(fam["kind"], "family.kind")
     v.array(fam["sources"], "family.sources")
@@ -486,20 +492,23 @@ def _family(v: _Checker, fam: Any):
         Family(fam["name"], [Anchor(n, c, {}) for n, c in zip(names, configs)])
     except UnsupportedModelError as e:
         v.fail("family.anchors", str(e))
-    st = v.record(fam["stitching"], "family.stitching",
-                  ("window", "stride", "nearest", "pairs", "layers_per_pair"))
-    v.integer(st["window"], "family.stitching.window", 1, configs[0].depth)
-    v.integer(st["stride"], "family.stitching.stride", 1, configs[0].depth)
-    v.boolean(st["nearest"], "family.stitching.nearest")
-    try:
+    try:  # the kind's own settings, checked by the variant space that reads them
         space = variant_space_from_json(fam)
-    except (ValueError, UnknownVariantError) as e:
-        v.fail("family", f"cannot rebuild its variants ({e})")
-    want = space.stitching_json()
-    for k in ("pairs", "layers_per_pair"):
-        if st[k] != want[k]:
-            v.fail(f"family.stitching.{k}", f"{_show(st[k])}, but these anchors and settings "
-                   f"give {_show(want[k]) if k != 'pairs' else want[k]}")
+    except SpaceSpecError as e:
+        v.fail(e.field, e.problem)
+    derived = space.family_json()
+    for k, want in derived.items():
+        got = fam.get(k)
+        if got == want:
+            continue
+        fld = f"family.{k}"
+        if isinstance(got, dict) and isinstance(want, dict):  # name the first differing field
+            j = next(j for j in {**want, **got} if got.get(j, ...) != want.get(j, ...))
+            fld, got, want = f"{fld}.{j}", got.get(j, "missing"), want.get(j, "no such field")
+        v.fail(fld, f"{got}, but these anchors and settings give {want}")
+    for k in fam:
+        if k not in _FAMILY_BASE and k not in derived:
+            v.fail(f"family.{k}", f"unknown field (not in schema version {SCHEMA_VERSION})")
     return space, configs
 
 
@@ -529,16 +538,9 @@ def _io(v: _Checker, d: Any, fld: str, fields: tuple, dims: list) -> None:
         if k != "shape":
             v.string(d[k], f"{fld}.{k}")
     shape = v.array(d["shape"], fld + ".shape")
-    if len(shape) != 1 + len(dims) or shape[1:] != dims or not (
-            isinstance(shape[0], str) and shape[0] or type(shape[0]) is int and shape[0] > 0):
-        v.fail(fld + ".shape", f"{_show(shape) if len(str(shape)) < 60 else shape}; the "
-               f"anchors give [batch, {', '.join(map(str, dims))}]")
-
-
-def _shape(v: _Checker, s: Any, fld: str) -> None:
-    for i, x in enumerate(v.array(s, fld, min_len=1)):
-        if not (isinstance(x, str) and x or type(x) is int and x > 0):
-            v.fail(f"{fld}[{i}]", f"{_show(x)}; expected a dimension name or size > 0")
+    if shape != ["batch", *dims]:  # the graphs take any batch: the exporter names it "batch"
+        v.fail(fld + ".shape", f"{shape if len(str(shape)) < 60 else '[...]'}; the anchors "
+               f"give [\"batch\", {', '.join(map(str, dims))}]")
 
 
 def _pieces(v: _Checker, pieces: Any, files: dict, space) -> dict[str, int]:
@@ -555,8 +557,8 @@ def _pieces(v: _Checker, pieces: Any, files: dict, space) -> dict[str, int]:
             v.string(p[k], f"{fld}.{k}")
         v.integer(p["flops"], fld + ".flops", lo=0)
         v.listed(p["graph"], fld + ".graph", files, ".onnx")
-        _shape(v, p["input_shape"], fld + ".input_shape")
-        _shape(v, p["output_shape"], fld + ".output_shape")
+        v.array(p["input_shape"], fld + ".input_shape")
+        v.array(p["output_shape"], fld + ".output_shape")
         if pid not in derived:
             v.fail(fld + ".id", f"'{pid}' is not a piece of any variant of this family")
         for k, want in derived[pid].items():

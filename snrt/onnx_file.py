@@ -10,7 +10,8 @@ schema holding only the fields it needs, numbered as in onnx.proto (everything e
 as unknown fields):
 
     ModelProto.graph (7), .functions (25) -> FunctionProto.node (7)
-    GraphProto.node (1), .name (2), .initializer (5), .sparse_initializer (15)
+    GraphProto.node (1), .name (2), .initializer (5), .input (11), .output (12) -> name (1),
+               .sparse_initializer (15)
     NodeProto.attribute (5) -> AttributeProto.t (5), .g (6), .tensors (10), .graphs (11),
                                .sparse_tensor (22), .sparse_tensors (23)
     SparseTensorProto.values (1), .indices (2)
@@ -44,6 +45,8 @@ class ExternalRef:
 class OnnxFileInfo:
     graph_name: str
     external: tuple[ExternalRef, ...]
+    inputs: tuple[str, ...] = ()  # the main graph's input and output names, in order
+    outputs: tuple[str, ...] = ()
 
     @property
     def locations(self) -> list[str]:
@@ -61,12 +64,17 @@ _SCHEMA = {
                   ("sparse_tensor", 22, "msg", "opt", "Sparse"),
                   ("sparse_tensors", 23, "msg", "rep", "Sparse")],
     "Node": [("attribute", 5, "msg", "rep", "Attribute")],
+    "ValueInfo": [("name", 1, "bytes", "opt", None)],
     "Graph": [("node", 1, "msg", "rep", "Node"), ("name", 2, "bytes", "opt", None),
               ("initializer", 5, "msg", "rep", "Tensor"),
+              ("input", 11, "msg", "rep", "ValueInfo"), ("output", 12, "msg", "rep", "ValueInfo"),
               ("sparse_initializer", 15, "msg", "rep", "Sparse")],
     "Function": [("node", 7, "msg", "rep", "Node")],
     "Model": [("graph", 7, "msg", "opt", "Graph"), ("functions", 25, "msg", "rep", "Function")],
 }
+
+
+_REPEATED = {f[0] for f in _SCHEMA["Attribute"] if f[3] == "rep"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -155,7 +163,7 @@ def read_onnx_info(source: str | os.PathLike | bytes) -> OnnxFileInfo:
                 continue
             for a in n.attribute:
                 for fd, value in a.ListFields():  # only the fields present
-                    for v in (value if fd.label == fd.LABEL_REPEATED else [value]):
+                    for v in (value if fd.name in _REPEATED else [value]):
                         visit[fd.name](v)
 
     def graph(g) -> None:
@@ -170,4 +178,6 @@ def read_onnx_info(source: str | os.PathLike | bytes) -> OnnxFileInfo:
     graph(model.graph)
     for f in model.functions:
         nodes(f.node)
-    return OnnxFileInfo(text(model.graph.name), tuple(refs))
+    g = model.graph
+    return OnnxFileInfo(text(g.name), tuple(refs), tuple(text(i.name) for i in g.input),
+                        tuple(text(o.name) for o in g.output))

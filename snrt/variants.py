@@ -23,6 +23,7 @@ of space plugs in by providing the same three.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass, field
 
@@ -64,6 +65,17 @@ def piece_id(p: Piece, anchor_names: list[str]) -> str:
     return f"{a}.head" if p.norm else f"{a}.head_nonorm"
 
 
+def piece_io_shape(p: Piece, configs: list[ViTConfig], side: str) -> list:
+    """Symbolic shape of a piece's input ('in') or output ('out'): ["batch", ...]."""
+    c = configs[p.anchor]
+    if p.kind == "embed" and side == "in":
+        return ["batch", c.in_chans, c.img_size, c.img_size]
+    if p.kind == "head" and side == "out":
+        return ["batch", c.num_classes]
+    width = configs[p.end].embed_dim if p.kind == "stitch" and side == "out" else c.embed_dim
+    return ["batch", c.seq_len, width]
+
+
 @dataclass(frozen=True)
 class Route:
     anchors: tuple[int, ...]
@@ -74,6 +86,9 @@ class Route:
         return not self.stitches
 
     def pieces(self, depth: int) -> list[Piece]:
+        return list(_route_pieces(self, depth))
+
+    def _pieces(self, depth: int) -> tuple[Piece, ...]:
         out = [Piece("embed", self.anchors[0])]
         start = 0
         for i, a in enumerate(self.anchors):
@@ -84,7 +99,12 @@ class Route:
                 out.append(Piece("stitch", s.front, s.layer, end=s.end))
                 start = s.end_block
         out.append(Piece("head", self.anchors[-1], norm=self.is_anchor))
-        return out
+        return tuple(out)
+
+
+@functools.lru_cache(maxsize=4096)
+def _route_pieces(route: Route, depth: int) -> tuple[Piece, ...]:
+    return route._pieces(depth)  # routes are frozen: FLOPs, params and ids all walk them
 
 
 @dataclass
@@ -282,15 +302,17 @@ class VariantSpace:
         }
 
     def piece_records(self) -> dict[str, dict]:
-        """Piece id -> the fields of its manifest record this space determines, for every piece
-        of every variant, in first-use order."""
+        """Piece id -> the fields of its manifest record this space determines (kind, anchor,
+        FLOPs, input/output shapes), for every piece of every variant, in first-use order."""
         out: dict[str, dict] = {}
         for v in self.variants:
             for p in v.route.pieces(self.depth):
                 pid = self.piece_id(p)
                 if pid not in out:
                     out[pid] = {"kind": p.kind, "anchor": self.anchor_names[p.anchor],
-                                "flops": self.piece_flops(p)}
+                                "flops": self.piece_flops(p),
+                                "input_shape": piece_io_shape(p, self.configs, "in"),
+                                "output_shape": piece_io_shape(p, self.configs, "out")}
         return out
 
     def stitching_json(self) -> dict:
@@ -299,20 +321,43 @@ class VariantSpace:
                 "pairs": [[self.anchor_names[f], self.anchor_names[e]] for f, e in self.pairs],
                 "layers_per_pair": self.num_stitch_layers}
 
+    def family_json(self) -> dict:
+        """The fields of a manifest's `family` section that this space determines beyond the
+        anchors (for stitches: `stitching`); the bundle checks the manifest says exactly this."""
+        return {"stitching": self.stitching_json()}
+
 
 FAMILY_KINDS = ("snnet", "vit")  # manifest family kinds whose variants are SN-Net stitches
 
 
+class SpaceSpecError(ValueError):
+    """A manifest's family section that no variant space here can rebuild: (field, problem)."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field}: {problem}")
+        self.field, self.problem = field, problem
+
+
 def variant_space_from_json(family: dict) -> VariantSpace:
-    """The variant space a manifest's `family` section describes (anchors' configs and the
-    stitching settings). Raises ValueError for a kind or stitching this snrt cannot rebuild."""
+    """The variant space a manifest's `family` section describes (anchors' configs, already
+    validated, and the kind's own settings: for stitches `stitching.window/stride/nearest`).
+    Raises SpaceSpecError naming the field for a kind or settings it cannot rebuild. Other kinds
+    of variant space plug in here, dispatching on `family["kind"]`."""
     if family.get("kind") not in FAMILY_KINDS:
-        raise ValueError(f"family kind {family.get('kind')!r}; this snrt knows "
-                         f"{list(FAMILY_KINDS)}")
-    st = family.get("stitching", {})
-    anchors = family["anchors"]
-    space = VariantSpace([a["name"] for a in anchors],
-                         [ViTConfig.from_json(a["config"]) for a in anchors],
-                         window=st.get("window", 2), stride=st.get("stride", 1),
-                         nearest=st.get("nearest", True))
-    return space
+        raise SpaceSpecError("family.kind", f"{family.get('kind')!r}; this snrt knows "
+                             f"{list(FAMILY_KINDS)}")
+    st = family.get("stitching")
+    if not isinstance(st, dict):
+        raise SpaceSpecError("family.stitching", "missing or not an object")
+    configs = [ViTConfig.from_json(a["config"]) for a in family["anchors"]]
+    depth = configs[0].depth
+    for key, typ in (("window", int), ("stride", int), ("nearest", bool)):
+        if type(st.get(key)) is not typ:
+            raise SpaceSpecError(f"family.stitching.{key}",
+                                 f"expected {typ.__name__}, got {st.get(key)!r}")
+    for key in ("window", "stride"):
+        if not 1 <= st[key] <= depth:
+            raise SpaceSpecError(f"family.stitching.{key}", f"{st[key]} is out of range "
+                                 f"[1, {depth}] (the depth)")
+    return VariantSpace([a["name"] for a in family["anchors"]], configs, window=st["window"],
+                        stride=st["stride"], nearest=st["nearest"])
