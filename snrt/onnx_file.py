@@ -26,12 +26,12 @@ import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import ModelFileError
 
 
-@dataclass(frozen=True)
-class ExternalRef:
+class ExternalRef(NamedTuple):  # a NamedTuple: a graph has thousands, built in a loop
     """One tensor whose data lives in another file."""
 
     tensor: str
@@ -139,19 +139,25 @@ def read_onnx_info(source: str | os.PathLike | bytes) -> OnnxFileInfo:
         ext = t.external_data
         if not ext:
             return
-        entries = {e.key: e.value for e in ext}
-        if b"location" not in entries:
+        loc, offset, length = None, b"0", None
+        for e in ext:  # repeated keys: the last one wins, as in onnx's loader
+            k = e.key
+            if k == b"location":
+                loc = e.value
+            elif k == b"offset":
+                offset = e.value
+            elif k == b"length":
+                length = e.value
+        if loc is None:
             return
-        name = text(t.name)
         try:
-            offset = int(entries.get(b"offset", b"0"))
-            length = int(entries[b"length"]) if b"length" in entries else None
+            offset, length = int(offset), None if length is None else int(length)
         except ValueError:
-            raise bad(f"tensor '{name}': external-data offset/length not integers") from None
+            raise bad(f"tensor '{text(t.name)}': external-data offset/length not integers"
+                      ) from None
         if offset < 0 or (length is not None and length < 0):
-            raise bad(f"tensor '{name}': negative external-data offset/length")
-        refs.append(ExternalRef(name, text(entries[b"location"]), offset, length,
-                                tuple(t.dims)))
+            raise bad(f"tensor '{text(t.name)}': negative external-data offset/length")
+        refs.append(ExternalRef(text(t.name), text(loc), offset, length, tuple(t.dims)))
 
     def sparse(s) -> None:
         tensor(s.values)
