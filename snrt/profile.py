@@ -61,6 +61,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import cli_args
 from .bundle import Bundle, VariantInfo
 from .errors import SnrtError
 from .lookup_table import Entry, LookupTable, LookupTableError, bundle_key
@@ -251,10 +252,14 @@ def sample_variants(variants: list[VariantInfo], spec: str, seed: int = 0) -> li
     Returned in bundle order."""
     n_total = len(variants)
     try:
-        n = math.ceil(n_total * float(spec[:-1]) / 100) if spec.endswith("%") else int(spec)
+        pct = float(spec[:-1]) if spec.endswith("%") else None
+        n = math.ceil(n_total * pct / 100) if pct is not None else int(spec)
     except ValueError:
         raise SnrtError(f"--sample {spec!r}: give a percentage like 20% or a count") from None
-    n = min(max(n, 1), n_total)
+    if (pct is not None and not 0 < pct <= 100) or (pct is None and n < 1):
+        raise SnrtError(f"--sample {spec!r}: give a percentage more than 0% and at most 100%, "
+                        "or a count of at least 1")
+    n = min(n, n_total)
     chosen = {v.id for v in variants if v.is_anchor}
     groups: dict[tuple, list[VariantInfo]] = {}
     for v in variants:
@@ -565,46 +570,57 @@ def _worker_interleaved(spec: str) -> int:
     return 0
 
 
-def _csv(s: str, cast=str) -> list:
-    try:
-        return [cast(x) for x in s.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad list {s!r}") from None
+BACKENDS = ("onnxruntime", "tflite")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def _table_out(s: str) -> Path:
+    """--out: a .json file, or a directory for <device-id>.json; never a shipped location."""
+    return cli_args.out_file(".json")(s) if s.endswith(".json") else cli_args.out_dir(s)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="snrt-profile", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli_args.Parser(prog="snrt-profile", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("bundle", help="bundle directory (NAME.snrt), or 'default' for the bundled "
                                   "default family")
-    p.add_argument("--backend", type=_csv, default=["onnxruntime"],
+    p.add_argument("--backend", type=cli_args.csv(cli_args.choice(BACKENDS)),
+                   default=["onnxruntime"],
                    help="comma list: onnxruntime,tflite (default onnxruntime)")
-    p.add_argument("--threads", type=lambda s: _csv(s, int), default=[1],
-                   help="comma list of intra-op thread counts (default 1)")
-    p.add_argument("--precision", type=_csv, default=None,
+    p.add_argument("--threads", type=cli_args.csv(cli_args.threads), default=[1],
+                   help=f"comma list of intra-op thread counts, 1 to {cli_args.MAX_THREADS} "
+                        "(default 1)")
+    p.add_argument("--precision", type=cli_args.csv(cli_args.choice(PRECISIONS)), default=None,
                    help="comma list: fp32,fp16,int8 (tflite); default fp32")
     sel = p.add_mutually_exclusive_group()
     sel.add_argument("--variants", nargs="+", metavar="ID", help="variant ids or cfg_ids")
-    sel.add_argument("--sample", metavar="N|P%",
+    sel.add_argument("--sample", metavar="N|P%", type=cli_args.sample_spec,
                      help="measure anchors plus variants spread over FLOPs, e.g. 20%% or 14")
-    p.add_argument("--runs", type=int, default=20, help="minimum timed runs (default 20)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
-    p.add_argument("--min-seconds", type=float, default=1.0,
+    p.add_argument("--runs", type=cli_args.int_range(1, 10**6, "a run count"), default=20,
+                   help="minimum timed runs (default 20)")
+    p.add_argument("--warmup", type=cli_args.int_range(0, 10**6, "a run count"), default=3,
+                   help="untimed runs first (default 3)")
+    p.add_argument("--min-seconds", type=cli_args.number(0, 86400, what="seconds"),
+                   default=1.0,
                    help="minimum timed seconds per variant (default 1)")
-    p.add_argument("--max-seconds", type=float, default=30.0,
+    p.add_argument("--max-seconds", type=cli_args.number(0, 86400, lo_open=True,
+                                                         what="seconds"), default=30.0,
                    help="cap on timed seconds per variant (default 30)")
-    p.add_argument("--rounds", type=int, default=0, metavar="K",
+    p.add_argument("--rounds", type=cli_args.int_range(0, 10000, "a round count"), default=0,
+                   metavar="K",
                    help="interleaved protocol: make all selected variants ready in one worker "
                         "and measure them in K shuffled round-robin rounds of short bursts "
                         "(--runs and --min-seconds are then totals per variant, split over the "
                         "rounds); host drift hits all variants alike. 0 (default): the "
                         "isolated protocol, one fresh worker per variant. See above")
-    p.add_argument("--out", default="lookup_tables",
-                   help="directory for <device-id>.json, or a .json path (default "
-                        "lookup_tables/)")
+    p.add_argument("--out", type=_table_out, default=None,
+                   help="directory for <device-id>.json, or a .json path (default: "
+                        "lookup_tables/ in the per-user data directory, snrt.paths; the tables "
+                        "shipped with snrt are never written)")
     p.add_argument("--predict", action="store_true",
                    help="predict the variants not measured (default with --sample)")
-    p.add_argument("--plot", metavar="PNG", help="write the accuracy-latency Pareto plot")
+    p.add_argument("--plot", metavar="PNG", type=cli_args.out_file(".png"),
+                   help="write the accuracy-latency Pareto plot")
     p.add_argument("--fresh", action="store_true", help="re-measure entries already present")
     p.add_argument("--in-process", action="store_true",
                    help="measure in this process (faster start, no crash isolation)")
@@ -691,20 +707,20 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--worker-interleaved"]:
         return _worker_interleaved(argv[1])
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(argv)  # every value checked here: exit 2 before any work
     try:
         return _main(args)
     except (SnrtError, LookupTableError) as e:
-        log.error("error: %s", e)
-        return 1
+        return cli_args.fail("snrt-profile", e)
 
 
 def _main(args) -> int:
     t0 = time.monotonic()
     protocol = Protocol(args.runs, args.warmup, args.min_seconds, args.max_seconds)
-    if args.rounds < 0:
-        raise SnrtError(f"--rounds {args.rounds}: give K >= 1 rounds, or 0 for the isolated "
-                        f"protocol")
+    if args.out is None:
+        from .paths import user_tables_dir
+
+        args.out = user_tables_dir()
     out = Path(args.out)
     bundle_path = resolve_bundle(args.bundle)
     if out.suffix != ".json":
@@ -757,6 +773,13 @@ def _main(args) -> int:
         log.info("wrote %s", args.plot)
     log.info("wrote %s (%d entries) in %.0fs", out, len(prof.table.entries),
              time.monotonic() - t0)
+    failed = [e for b, pr, t, v, *_ in items
+              if (e := prof.table.get(prof.key, v.id, b, pr, t)) is None or e.error]
+    if failed:
+        first = next((e for e in failed if e is not None), None)
+        raise SnrtError(f"{len(failed)} of {len(items)} measurements failed"
+                        f"{f' ({first.variant}: {first.error})' if first else ''}; {out} marks "
+                        "them failed, rerun the same command to measure them again")
     return 0
 
 

@@ -65,7 +65,7 @@ def test_profile_measures_resumes_and_survives_interrupts(tiny_family, tmp_path,
         assert e.placement in ("pieces", "graphs")
 
 
-def test_cli_isolated_workers_and_crash_recorded(tiny_family, tmp_path, monkeypatch):
+def test_cli_isolated_workers_and_crash_recorded(tiny_family, tmp_path, monkeypatch, capsys):
     out = tmp_path / "t.json"
     assert main([str(tiny_family["bundle"]), "--variants", "ti", "s>b@1:1", "--runs", "3",
                  "--min-seconds", "0", "--out", str(out), "--quiet"]) == 0
@@ -74,8 +74,11 @@ def test_cli_isolated_workers_and_crash_recorded(tiny_family, tmp_path, monkeypa
     # a worker that dies is recorded as an error entry, the profile goes on
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # shadow numpy in the worker only
     (tmp_path / "numpy.py").write_text("raise SystemExit(3)\n")
+    capsys.readouterr()
+    # ... and the command fails (exit 1) saying so, the table keeping the failure
     assert main([str(tiny_family["bundle"]), "--variants", "b", "--runs", "3",
-                 "--min-seconds", "0", "--out", str(out), "--quiet"]) == 0
+                 "--min-seconds", "0", "--out", str(out), "--quiet"]) == 1
+    assert "1 of 1 measurements failed (b: worker exited with 3" in capsys.readouterr().err
     e = LookupTable.load(out).get(t.entries[0].bundle, "b")
     assert e.error and "exited with 3" in e.error
 

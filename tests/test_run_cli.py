@@ -18,9 +18,10 @@ def test_snrt_run_profiles_then_runs(tiny_family, tmp_path, capsys):
     assert "using lookup table" in capsys.readouterr().out
 
 
-def test_snrt_run_reports_missing_bundle(tmp_path, caplog):
+def test_snrt_run_reports_missing_bundle(tmp_path, capsys):
     assert main([str(tmp_path / "nope.snrt"), "--seconds", "1"]) == 1
-    assert "no such bundle" in caplog.text
+    err = capsys.readouterr().err
+    assert err.startswith("snrt-run: error: ") and "no such bundle" in err
 
 
 def test_default_bundle_samples_carry_their_labels():
