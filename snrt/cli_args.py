@@ -48,6 +48,11 @@ def fail(prog: str, error: BaseException | str) -> int:
     return 1
 
 
+def _show(s: str) -> str:
+    """A value as typed when it is plain, else quoted (a message stays on one line)."""
+    return s if s.isprintable() and s.strip() == s and s else repr(s)
+
+
 def _int(s: str) -> int:
     try:
         return int(s.strip())
@@ -80,7 +85,8 @@ def number(lo: float, hi: float, *, lo_open: bool = False, what: str = "a number
             raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
         if not math.isfinite(x) or x < lo or (lo_open and x == lo) or x > hi:
             low = f"more than {lo:g}" if lo_open else f"at least {lo:g}"
-            raise argparse.ArgumentTypeError(f"{s}: give {what}, {low} and at most {hi:g}")
+            raise argparse.ArgumentTypeError(f"{_show(s)}: give {what}, {low} and at most "
+                                             f"{hi:g}")
         return x
     return parse
 
@@ -135,9 +141,9 @@ def _parent_ok(p: Path, s: str) -> None:
     for q in p.parents:
         if q.exists():
             if not q.is_dir():
-                raise argparse.ArgumentTypeError(f"{s}: {q} is not a directory")
+                raise argparse.ArgumentTypeError(f"{_show(s)}: {q} is not a directory")
             if not os.access(q, os.W_OK):
-                raise argparse.ArgumentTypeError(f"{s}: {q} is not writable")
+                raise argparse.ArgumentTypeError(f"{_show(s)}: {q} is not writable")
             return
 
 
@@ -145,11 +151,11 @@ def out_dir(s: str) -> Path:
     """A directory to write into: existing or creatable, not a file, not a shipped location."""
     p = _path(s)
     if p.exists() and not p.is_dir():
-        raise argparse.ArgumentTypeError(f"{s} is not a directory")
+        raise argparse.ArgumentTypeError(f"{_show(s)} is not a directory")
     if is_shipped(p):
         raise argparse.ArgumentTypeError(
-            f"{s} holds the tables shipped with snrt (read-only); write to the per-user data "
-            "directory (the default, see snrt.paths) or to another directory")
+            f"{_show(s)} holds the tables shipped with snrt (read-only); write to the per-user "
+            "data directory (the default, see snrt.paths) or to another directory")
     _parent_ok(p, s)
     return p
 
@@ -159,9 +165,11 @@ def out_file(suffix: str) -> Callable[[str], Path]:
     def parse(s: str) -> Path:
         p = _path(s)
         if p.is_dir():
-            raise argparse.ArgumentTypeError(f"{s} is a directory; give a {suffix} file path")
+            raise argparse.ArgumentTypeError(f"{_show(s)} is a directory; give a {suffix} "
+                                             "file path")
         if is_shipped(p):
-            raise argparse.ArgumentTypeError(f"{s} is inside snrt's shipped files (read-only)")
+            raise argparse.ArgumentTypeError(f"{_show(s)} is inside snrt's shipped files "
+                                             "(read-only)")
         _parent_ok(p, s)
         return p
     return parse
@@ -171,6 +179,6 @@ def table_dir(s: str) -> Path:
     """`snrt-run --tables`: a directory to look tables up in (it may not exist yet)."""
     p = _path(s)
     if p.exists() and not p.is_dir():
-        raise argparse.ArgumentTypeError(f"{s} is not a directory (give the directory that "
+        raise argparse.ArgumentTypeError(f"{_show(s)} is not a directory (give the directory that "
                                          "holds <device-id>.json)")
     return p
