@@ -1,7 +1,9 @@
 """LookupTable: per-device latency measurements (and predictions) of a bundle's variants.
 
-File: `lookup_tables/<device-id>.json`, schema `snrt.lookup_table` version 2 (version 1
-files, without `quiet_ms`, are still read):
+File: `<device-id>.json` in a table directory (runs write to `lookup_tables/` in the per-user
+data directory, snrt.paths; the repository's `lookup_tables/` holds the shipped, read-only
+ones), schema `snrt.lookup_table` version 2 (version 1 files, without `quiet_ms`, are still
+read):
 
     {"schema": "snrt.lookup_table", "schema_version": 2,
      "device": DeviceInfo,                        # snrt.device
@@ -15,7 +17,8 @@ RSS) and the conditions during measurement, plus `quiet_ms` (version 2): the var
 when the machine is quiet, the statistic that repeats between two profiles on a shared host
 (see snrt.profile); predicted entries (`predicted: true`) hold the predictor's mean as
 `p50_ms`/`mean_ms` (and `quiet_ms`) and its 1-sigma `uncertainty_ms`. The table is validated
-on load; writes are atomic.
+on load (an error names the file, the entry and `snrt-lut repair`, which drops bad entries);
+writes are atomic.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from snrt.controller import PolicyConfig
 from snrt.lut_cli import parser as lut_parser
 from snrt.monitor import SimulatedClock, SimulatedMonitor
 from snrt.profile import Protocol, sample_variants
-from snrt.profile import _parser as profile_parser
+from snrt.profile_cli import _parser as profile_parser
 from snrt.run_cli import parser as run_parser
 
 FUZZ = settings(max_examples=150, deadline=None,

@@ -11,7 +11,8 @@ from snrt.bundle import Bundle
 from snrt.lookup_table import Entry, LookupTable, LookupTableError, pareto_front
 from snrt.lut_cli import main as lut_main
 from snrt.lut_cli import merge
-from snrt.profile import Profiler, Protocol, main, sample_variants, summary_lines
+from snrt.profile import Profiler, Protocol, main, sample_variants
+from snrt.profile_cli import summary_lines
 
 FAST = Protocol(runs=3, warmup=1, min_seconds=0.0, max_seconds=5.0)
 
@@ -151,7 +152,7 @@ def test_split_half_repeatability():
     """Odd against even rounds' quiet latency, common scale removed: a variant whose odd
     rounds were all slow (busy the whole time it was measured in them) counts as not
     repeating; a uniform slowdown of every variant does not."""
-    from snrt.profile import split_half_repeatability
+    from snrt.profile_cli import split_half_repeatability
 
     es = _split_half_entries()
     assert split_half_repeatability(es[:8]) == 1.0
@@ -164,7 +165,7 @@ def test_split_half_repeatability():
 
 
 def test_profile_warns_when_it_does_not_repeat(caplog):
-    from snrt.profile import _warn_unrepeatable
+    from snrt.profile_cli import _warn_unrepeatable
 
     t = LookupTable.new()
     for e in _split_half_entries():
