@@ -30,8 +30,9 @@ statistics tried the one two profiles of the same bundle reproduce best on a sha
 latency predictor's benchmark takes it as the truth. The summary printed at the end gives each
 profile's split-half repeatability (odd against even rounds,
 `snrt.profile_cli.split_half_repeatability`): a low figure means the machine was busy and the
-profile is worth repeating. The burst statistics are kept in the entry (`conditions.interleaved`). `load_ms` is the time to add the
-variant to the runtime holding the variants made ready before it (shared pieces are not loaded
+profile is worth repeating. The burst statistics are kept in the entry
+(`conditions.interleaved`). `load_ms` is the time to add the variant to the runtime holding
+the variants made ready before it (shared pieces are not loaded
 twice), `first_run_ms` its first inference; peak RSS is the whole worker's
 (`conditions.interleaved.worker_peak_rss_mb`), not per variant, so `peak_rss_mb` is left empty.
 Use the isolated protocol for per-variant load time and memory.

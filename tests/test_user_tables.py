@@ -141,3 +141,24 @@ def test_snrt_profile_exits_1_when_measurements_fail(tiny_family, tmp_path, caps
     err = capsys.readouterr().err
     assert "snrt-profile: error: 1 of 1 measurements failed (ti: " in err
     assert LookupTable.load(out).entries[0].error
+
+
+def test_controller_auto_reads_the_user_table_before_the_shipped_one(tmp_path, monkeypatch):
+    import snrt
+    from snrt.controller import Controller
+    from snrt.monitor import SimulatedMonitor
+
+    monkeypatch.chdir(tmp_path)
+    shipped = SHIPPED_TABLES / f"{describe_device().id}.json"
+    if not shipped.is_file():
+        pytest.skip("no shipped table for this device")
+    t = LookupTable.load(shipped)
+    with snrt.Runtime(snrt.default_bundle()) as rt:
+        ctl = Controller.auto(rt, monitor=SimulatedMonitor())
+        ours = {e.variant: e.p50_ms for e in t.select(backend="onnxruntime", threads=1)}
+        assert ctl.base_ms == ours  # the shipped table
+        for e in t.entries:
+            e.p50_ms *= 10
+        t.save(user_tables_dir() / shipped.name)
+        ctl = Controller.auto(rt, monitor=SimulatedMonitor())
+        assert ctl.base_ms == {k: 10 * v for k, v in ours.items()}  # the user's, first
