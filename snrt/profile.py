@@ -288,6 +288,12 @@ class Profiler:
 
     def __init__(self, bundle_path: str | os.PathLike, table_path: str | os.PathLike, *,
                  protocol: Protocol = Protocol(), isolate: bool = True):
+        from .paths import is_shipped
+
+        if is_shipped(table_path):
+            raise SnrtError(f"{table_path}: the lookup tables shipped with snrt are read-only; "
+                            "profile into the per-user data directory (snrt.paths."
+                            "user_tables_dir()) or another directory")
         self.bundle = Bundle.open(bundle_path)  # verify hashes once, here
         self.table_path = Path(table_path)
         self.protocol = protocol

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -115,9 +116,10 @@ def _paced_median_ms(rt, variant: str, x, period_ms: float, seconds: float = 1.0
     return float(np.median(lat))
 
 
-def _wait_for_frame(t_start: float, i: int, period_s: float) -> None:
-    """Sleep until frame i's slot (t_start + i * period); a late frame does not wait."""
-    sleep = t_start + i * period_s - time.perf_counter()
+def _wait_for_frame(t_start: float, i: int, period_s: float, end_s: float = math.inf) -> None:
+    """Sleep until frame i's slot (t_start + i * period), or until t_start + end_s if that is
+    sooner; a late frame does not wait."""
+    sleep = t_start + min(i * period_s, end_s) - time.perf_counter()
     if sleep > 0:
         time.sleep(sleep)
 
@@ -210,7 +212,7 @@ def _run(args) -> int:
         recs.append((now, mon.read().battery_pct, res.variant.id, res.latency_ms,
                      None if label is None else pred == label))
         i += 1
-        _wait_for_frame(t_start, i, period)
+        _wait_for_frame(t_start, i, period, secs)  # a long period does not outlast the run
     rt.close()
     print("\nbattery  power-saving  frames  main variant      top-1(bundle)  p50 ms  "
           "deadline miss  sample acc")

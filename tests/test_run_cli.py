@@ -38,3 +38,16 @@ def test_default_bundle_samples_carry_their_labels():
     assert label_from_name("digit3_row1502", b.labels) == "3"
     assert label_from_name("cat_01", ["cat", "dog"]) == "cat"
     assert label_from_name("row1502", b.labels) is None
+
+
+def test_a_long_frame_period_does_not_outlast_the_run(monkeypatch):
+    """--fps 0.1 --seconds 1: the wait after the first frame ends with the run (1 s), not at
+    the next frame's slot 10 s later."""
+    from snrt import run_cli
+
+    slept = []
+    monkeypatch.setattr(run_cli.time, "perf_counter", lambda: 100.0)
+    monkeypatch.setattr(run_cli.time, "sleep", slept.append)
+    run_cli._wait_for_frame(100.0, 1, 10.0, 1.0)
+    run_cli._wait_for_frame(100.0, 1, 0.5, 1.0)
+    assert slept == [1.0, 0.5]

@@ -162,3 +162,15 @@ def test_controller_auto_reads_the_user_table_before_the_shipped_one(tmp_path, m
         t.save(user_tables_dir() / shipped.name)
         ctl = Controller.auto(rt, monitor=SimulatedMonitor())
         assert ctl.base_ms == {k: 10 * v for k, v in ours.items()}  # the user's, first
+
+
+def test_the_profiler_refuses_to_write_a_shipped_table():
+    import snrt
+    from snrt.errors import SnrtError
+    from snrt.profile import Profiler
+
+    before = _hashes(SHIPPED_TABLES)
+    for p in (SHIPPED_TABLES / f"{describe_device().id}.json", REPO / "snrt" / "t.json"):
+        with pytest.raises(SnrtError, match="shipped with snrt are read-only"):
+            Profiler(snrt.default_bundle(), p)
+    assert _hashes(SHIPPED_TABLES) == before
