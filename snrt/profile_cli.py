@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)  # every value checked here: exit 2 before any work
     try:
         return _main(args)
-    except (SnrtError, LookupTableError) as e:
+    except (SnrtError, LookupTableError, OSError) as e:  # OSError: an --out not writable
         return cli_args.fail("snrt-profile", e)
 
 

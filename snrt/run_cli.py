@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)  # every value checked here: exit 2 before any work
     try:
         return _run(args)
-    except SnrtError as e:
+    except (SnrtError, OSError) as e:  # OSError: a table directory that cannot be written
         return cli_args.fail("snrt-run", e)
 
 

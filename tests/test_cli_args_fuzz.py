@@ -101,3 +101,30 @@ def test_snrt_lut_show_threads(value):
     if args is None:
         return _usage_error(err, "snrt-lut", "--threads")
     assert isinstance(args.threads, int) and 1 <= args.threads <= 256
+
+
+paths = st.one_of(st.text(max_size=12), st.sampled_from(
+    ["", " ", ".", "..", "/", "\0", "a\0b", "-x", "t.json", "p.png", "lookup_tables",
+     "lookup_tables/x.json", "snrt", "snrt/data/x.png", "/proc/x", "/dev/null", "~"]))
+
+
+@FUZZ
+@given(prog=st.sampled_from(["snrt-run --tables", "snrt-profile --out", "snrt-profile --plot",
+                             "snrt-lut plot --out", "snrt-lut merge --out"]), value=paths)
+def test_path_flags(prog, value):
+    """Path flags are checked without writing: a file for a directory, a directory for a file,
+    a shipped location or an unwritable parent is a usage error."""
+    from snrt.paths import is_shipped
+
+    name, flag = prog.split(" ", 1)
+    sub = flag.split()[0] if " " in flag else None
+    parser = {"snrt-run": run_parser, "snrt-profile": profile_parser,
+              "snrt-lut": lut_parser}[name]()
+    argv = {"snrt-run": ["default"], "snrt-profile": ["default"]}.get(name) or [sub, "t.json"]
+    flag = flag.split()[-1]
+    args, err = _parse(parser, [*argv, flag, value])
+    if args is None:
+        return _usage_error(err, name, flag)
+    got = getattr(args, {"--tables": "tables", "--out": "out", "--plot": "plot"}[flag])
+    if flag != "--tables":
+        assert not is_shipped(got)
