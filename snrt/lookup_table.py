@@ -190,7 +190,12 @@ class LookupTable:
                 "entries": [e.to_json() for e in self.entries]}
 
     def save(self, path: str | os.PathLike) -> Path:
-        atomic_write_json(path, self.to_json())
+        """Write atomically; a table the loader would reject is never written."""
+        d = self.to_json()
+        bad = self.parse_entries(d["entries"])[1]
+        if bad:
+            raise LookupTableError(f"{path}: not written, {bad[0]}")
+        atomic_write_json(path, d)
         return Path(path)
 
     @staticmethod

@@ -174,3 +174,16 @@ def test_the_profiler_refuses_to_write_a_shipped_table():
         with pytest.raises(SnrtError, match="shipped with snrt are read-only"):
             Profiler(snrt.default_bundle(), p)
     assert _hashes(SHIPPED_TABLES) == before
+
+
+def test_a_table_the_loader_rejects_is_never_written(tmp_path):
+    from snrt.lookup_table import Entry, LookupTableError
+
+    t = LookupTable.new()
+    t.put(Entry("f@x", "a", 0, "onnxruntime", "fp32", 1, 2.0, 2.0))
+    t.save(tmp_path / "t.json")
+    t.put(Entry("f@x", "a", 0, "onnxruntime", "fp32", 0, 2.0, 2.0))  # threads=0
+    with pytest.raises(LookupTableError, match=r"t.json: not written, entry 1 \(a onnxruntime/"
+                                               r"fp32/threads=0\): threads must be a positive"):
+        t.save(tmp_path / "t.json")
+    assert len(LookupTable.load(tmp_path / "t.json").entries) == 1
