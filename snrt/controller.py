@@ -331,7 +331,8 @@ class Controller:
              monitor: Monitor | None = None, config: PolicyConfig | None = None,
              backend: str | None = None, precision: str = "fp32") -> Controller:
         """Controller for a runtime: this device's lookup table (from `table`, else
-        $SNRT_LOOKUP_TABLES or ./lookup_tables), else FLOPs-proportional estimates that the
+        $SNRT_LOOKUP_TABLES, the per-user data directory, ./lookup_tables or the shipped
+        tables: snrt.paths), else FLOPs-proportional estimates that the
         feedback rescales; SystemMonitor unless one is given."""
         base, source = None, None
         tbl = _find_table(table)
@@ -527,14 +528,17 @@ def _find_table(table) -> LookupTable | None:
         return table
     if table is not None:
         return LookupTable.load(table)
-    for d in (os.environ.get("SNRT_LOOKUP_TABLES"), "lookup_tables",
-              Path(__file__).resolve().parents[1] / "lookup_tables"):
-        if not d:
+    from .paths import table_dirs
+
+    dirs = table_dirs(os.environ.get("SNRT_LOOKUP_TABLES") or None)
+    dirs.insert(len(dirs) - 1, Path("lookup_tables"))  # a checkout's, before the shipped ones
+    for d in dirs:
+        if not LookupTable.path_for(d).is_file():
             continue
         try:
             return LookupTable.for_this_device(d)
-        except LookupTableError:
-            continue
+        except LookupTableError as e:
+            log.warning("%s", e)
     return None
 
 

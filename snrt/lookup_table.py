@@ -1,7 +1,9 @@
 """LookupTable: per-device latency measurements (and predictions) of a bundle's variants.
 
-File: `lookup_tables/<device-id>.json`, schema `snrt.lookup_table` version 2 (version 1
-files, without `quiet_ms`, are still read):
+File: `<device-id>.json` in a table directory (runs write to `lookup_tables/` in the per-user
+data directory, snrt.paths; the repository's `lookup_tables/` holds the shipped, read-only
+ones), schema `snrt.lookup_table` version 2 (version 1 files, without `quiet_ms`, are still
+read):
 
     {"schema": "snrt.lookup_table", "schema_version": 2,
      "device": DeviceInfo,                        # snrt.device
@@ -15,7 +17,8 @@ RSS) and the conditions during measurement, plus `quiet_ms` (version 2): the var
 when the machine is quiet, the statistic that repeats between two profiles on a shared host
 (see snrt.profile); predicted entries (`predicted: true`) hold the predictor's mean as
 `p50_ms`/`mean_ms` (and `quiet_ms`) and its 1-sigma `uncertainty_ms`. The table is validated
-on load; writes are atomic.
+on load (an error names the file, the entry and `snrt-lut repair`, which drops bad entries);
+writes are atomic.
 """
 
 from __future__ import annotations
@@ -79,18 +82,40 @@ class Entry:
 
     @classmethod
     def from_json(cls, d: dict) -> Entry:
+        """An entry from its JSON object; LookupTableError saying which field is wrong."""
+        if not isinstance(d, dict):
+            raise LookupTableError(f"not a JSON object ({type(d).__name__})")
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
             raise LookupTableError(f"unknown entry fields {sorted(unknown)}")
-        e = cls(**d)
+        try:
+            e = cls(**d)
+        except TypeError as err:
+            raise LookupTableError(f"malformed ({err})") from None
         for name, required in (("p50_ms", True), ("quiet_ms", False)):
             x = getattr(e, name)
-            if (x is not None or required) and (not isinstance(x, (int, float)) or x < 0):
-                raise LookupTableError(f"entry {e.variant}: {name} must be a non-negative number")
-        if not isinstance(e.threads, int) or e.threads < 1:
-            raise LookupTableError(f"entry {e.variant}: threads must be a positive integer")
+            if (x is not None or required) and (isinstance(x, bool)
+                                                or not isinstance(x, (int, float)) or x < 0):
+                raise LookupTableError(f"{name} must be a non-negative number, got {x!r}")
+        if isinstance(e.threads, bool) or not isinstance(e.threads, int) or e.threads < 1:
+            raise LookupTableError(f"threads must be a positive integer, got {e.threads!r}")
+        for name in ("bundle", "variant", "backend", "precision"):
+            if not isinstance(getattr(e, name), str):
+                raise LookupTableError(f"{name} must be a string")
         return e
+
+
+def _entry_name(i: int, d) -> str:
+    if isinstance(d, dict):
+        return (f"entry {i} ({d.get('variant')!s} {d.get('backend')!s}/{d.get('precision')!s}/"
+                f"threads={d.get('threads')!r})")
+    return f"entry {i}"
+
+
+def repair_hint(where: str) -> str:
+    return (f"drop the bad entries with `snrt-lut repair {where}`, then measure them again "
+            "with snrt-profile")
 
 
 @dataclass
@@ -112,7 +137,8 @@ class LookupTable:
         try:
             d = json.loads(p.read_text("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise LookupTableError(f"{p}: not valid JSON ({e})") from None
+            raise LookupTableError(f"{p}: not valid JSON ({e}); remove it and profile again "
+                                   "with snrt-profile") from None
         return cls.from_json(d, str(p))
 
     @classmethod
@@ -125,16 +151,38 @@ class LookupTable:
                 f"{' and '.join(map(str, READS_VERSIONS))}; re-run snrt-profile or upgrade "
                 "snrt")
         try:
-            t = cls(DeviceInfo.from_json(d["device"]), dict(d.get("bundles", {})),
-                    [Entry.from_json(e) for e in d.get("entries", [])])
-        except (KeyError, TypeError) as e:
-            raise LookupTableError(f"{where}: malformed ({type(e).__name__}: {e})") from None
-        seen = set()
-        for e in t.entries:
+            device = DeviceInfo.from_json(d["device"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise LookupTableError(f"{where}: malformed device ({type(e).__name__}: {e}); "
+                                   "profile again into a new file with snrt-profile") from None
+        entries, bad = cls.parse_entries(d.get("entries", []))
+        if bad:
+            more = f" (and {len(bad) - 1} more bad entries)" if len(bad) > 1 else ""
+            raise LookupTableError(f"{where}: {bad[0]}{more}; {repair_hint(where)}")
+        bundles = d.get("bundles", {})
+        if not isinstance(bundles, dict):
+            raise LookupTableError(f"{where}: 'bundles' must be an object; "
+                                   f"{repair_hint(where)}")
+        return cls(device, dict(bundles), entries)
+
+    @staticmethod
+    def parse_entries(raw) -> tuple[list[Entry], list[str]]:
+        """(valid entries, a message per bad or duplicate entry naming it)."""
+        if not isinstance(raw, list):
+            return [], ["'entries' must be a list"]
+        entries, bad, seen = [], [], set()
+        for i, d in enumerate(raw):
+            try:
+                e = Entry.from_json(d)
+            except LookupTableError as err:
+                bad.append(f"{_entry_name(i, d)}: {err}")
+                continue
             if e.key in seen:
-                raise LookupTableError(f"{where}: duplicate entry {e.key}")
+                bad.append(f"{_entry_name(i, d)}: duplicate of an earlier entry")
+                continue
             seen.add(e.key)
-        return t
+            entries.append(e)
+        return entries, bad
 
     def to_json(self) -> dict:
         return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION,
@@ -142,7 +190,12 @@ class LookupTable:
                 "entries": [e.to_json() for e in self.entries]}
 
     def save(self, path: str | os.PathLike) -> Path:
-        atomic_write_json(path, self.to_json())
+        """Write atomically; a table the loader would reject is never written."""
+        d = self.to_json()
+        bad = self.parse_entries(d["entries"])[1]
+        if bad:
+            raise LookupTableError(f"{path}: not written, {bad[0]}")
+        atomic_write_json(path, d)
         return Path(path)
 
     @staticmethod

@@ -3,10 +3,14 @@
     snrt-lut show TABLE.json [TABLE.json ...] [--bundle KEY] [--backend B] [--threads N]
     snrt-lut merge A.json B.json ... --out DIR
     snrt-lut plot TABLE.json --out pareto.png
+    snrt-lut repair TABLE.json [--out FIXED.json]
 
 `show` with one table prints its entries (p50/p90/p99, predicted ±1σ, Pareto members marked *);
-with several it prints p50 side by side, one column per device. `merge` combines tables of the
-same device (measurements beat predictions, newer beats older) and writes one file per device.
+with several it prints p50 side by side, one column per device; a filter (--bundle, --backend,
+--threads) that selects nothing is an error. `merge` combines tables of the same device
+(measurements beat predictions, newer beats older) and writes one file per device. `repair`
+drops the entries the loader rejects (and duplicates), saying which, and writes the rest back
+atomically (or to --out); measure the dropped ones again with snrt-profile.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import logging
 import sys
 from pathlib import Path
 
+from . import cli_args
 from .errors import SnrtError
+from .fileio import atomic_write_json
 from .lookup_table import LookupTable, LookupTableError, pareto_front
 
 log = logging.getLogger("snrt.lut")
@@ -80,41 +86,96 @@ def merge(tables: list[LookupTable]) -> dict[str, LookupTable]:
     return out
 
 
-def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    p = argparse.ArgumentParser(prog="snrt-lut", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def _check_filters(tables: list[LookupTable], paths: list[str], bundle, backend,
+                   threads) -> None:
+    """A --bundle/--backend/--threads that selects nothing in any table is an error listing
+    what the tables hold."""
+    if bundle is None and backend is None and threads is None:
+        return
+    if any(t.select(bundle, backend, threads=threads) for t in tables):
+        return
+    have = sorted({(e.bundle, e.backend, e.threads) for t in tables for e in t.select()})
+    held = ", ".join(f"{b} {be} threads={th}" for b, be, th in have[:8]) or "no entries"
+    want = " ".join(f"{k} {v}" for k, v in (("--bundle", bundle), ("--backend", backend),
+                                              ("--threads", threads)) if v is not None)
+    raise SnrtError(f"{want}: no entries in {', '.join(paths)}; they hold: {held}"
+                    f"{' ...' if len(have) > 8 else ''}")
+
+
+def repair(path: str, out: str | None = None) -> tuple[int, list[str]]:
+    """Drop the entries of the table at `path` that the loader rejects; write the rest to
+    `out` (default: back to `path`, atomically). Returns (entries kept, messages dropped)."""
+    import json
+
+    p = Path(path)
+    try:
+        d = json.loads(p.read_text("utf-8"))
+    except FileNotFoundError:
+        raise LookupTableError(f"{p}: no such lookup table") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LookupTableError(f"{p}: not valid JSON ({e}); nothing to repair, remove it and "
+                               "profile again with snrt-profile") from None
+    if not isinstance(d, dict):
+        raise LookupTableError(f"{p}: not an snrt lookup table")
+    entries, bad = LookupTable.parse_entries(d.get("entries", []))
+    d = {**d, "entries": [e.to_json() for e in entries]}
+    LookupTable.from_json(d, str(p))  # anything else wrong (schema, device) is reported here
+    if bad or out is not None:
+        atomic_write_json(out or p, d)
+    return len(entries), bad
+
+
+def parser() -> argparse.ArgumentParser:
+    p = cli_args.Parser(prog="snrt-lut", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("show", help="print one table, or several side by side")
     s.add_argument("tables", nargs="+")
     s.add_argument("--bundle")
     s.add_argument("--backend")
-    s.add_argument("--threads", type=int)
+    s.add_argument("--threads", type=cli_args.threads)
     m = sub.add_parser("merge", help="combine tables, one output file per device")
     m.add_argument("tables", nargs="+")
-    m.add_argument("--out", required=True, help="output directory")
+    m.add_argument("--out", required=True, type=cli_args.out_dir, help="output directory")
     pl = sub.add_parser("plot", help="accuracy-latency Pareto plot (needs the plot extra)")
     pl.add_argument("table")
     pl.add_argument("--bundle")
-    pl.add_argument("--out", required=True, help="PNG path")
-    args = p.parse_args(argv)
+    pl.add_argument("--out", required=True, type=cli_args.out_file(".png"), help="PNG path")
+    r = sub.add_parser("repair", help="drop the entries a table's loader rejects")
+    r.add_argument("table")
+    r.add_argument("--out", type=cli_args.out_file(".json"),
+                   help="write the repaired table here (default: over TABLE, atomically)")
+    return p
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parser().parse_args(argv)  # every value checked here: exit 2 before any work
     try:
         if args.cmd == "show":
-            print(show([LookupTable.load(t) for t in args.tables], args.bundle, args.backend,
-                       args.threads))
+            tables = [LookupTable.load(t) for t in args.tables]
+            _check_filters(tables, args.tables, args.bundle, args.backend, args.threads)
+            print(show(tables, args.bundle, args.backend, args.threads))
         elif args.cmd == "merge":
             merged = merge([LookupTable.load(t) for t in args.tables])
             for dev, t in merged.items():
                 path = t.save(Path(args.out) / f"{dev}.json")
                 log.info("wrote %s (%d entries)", path, len(t.entries))
+        elif args.cmd == "repair":
+            kept, bad = repair(args.table, args.out)
+            for msg in bad:
+                log.info("dropped %s", msg)
+            log.info("%s: %d entries kept, %d dropped%s", args.out or args.table, kept,
+                     len(bad), "" if bad else " (nothing to repair)")
         else:
             from .plots import plot_pareto
 
-            plot_pareto(LookupTable.load(args.table), args.out, bundle=args.bundle)
+            table = LookupTable.load(args.table)
+            _check_filters([table], [args.table], args.bundle, None, None)
+            plot_pareto(table, args.out, bundle=args.bundle)
             log.info("wrote %s", args.out)
-    except (SnrtError, LookupTableError) as e:
-        log.error("error: %s", e)
-        return 1
+    except (SnrtError, OSError) as e:
+        return cli_args.fail("snrt-lut", e)
     return 0
 
 

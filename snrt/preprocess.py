@@ -27,6 +27,7 @@ _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
     "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS,
 }
+MAX_RESIZE_AREA = 4  # resize whole up to 4 x (the resized short side)^2, i.e. 4:1 aspect
 _CONVERTIBLE = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV",
                 "I;16", "I", "F"}
 
@@ -73,19 +74,46 @@ def preprocess_image(im: Image.Image, pre: Preprocess) -> np.ndarray:
         size = (scale, int(scale * h / w))
     else:
         size = (int(scale * w / h), scale)
-    if size != (w, h):
-        im = im.resize(size, _RESAMPLE[pre.interpolation])
-    w, h = im.size
+    rw, rh = size
     t = pre.img_size
-    if w < t or h < t:
-        raise InputError(f"image resized to {w}x{h} is smaller than the {t}px crop")
-    left, top = int(round((w - t) / 2.0)), int(round((h - t) / 2.0))
-    im = im.crop((left, top, left + t, top + t))
+    if rw < t or rh < t:
+        raise InputError(f"image resized to {rw}x{rh} is smaller than the {t}px crop")
+    left, top = int(round((rw - t) / 2.0)), int(round((rh - t) / 2.0))
+    if size != (w, h) and rw * rh > MAX_RESIZE_AREA * scale * scale:
+        # an extreme aspect ratio: resize only the part of the image the centre crop keeps.
+        # Pillow's `box` places the filter as resizing the whole image to `size` and cropping
+        # would (its support still reads the pixels beyond the box), so the result differs
+        # from timm's by rounding (at most 1 of 255 per pixel), but the work is
+        # bounded by the t x t output, not by the resized size (784 Mpx for 1 x 1,000,000)
+        sx, sy = w / rw, h / rh
+        im = im.resize((t, t), _RESAMPLE[pre.interpolation],
+                       box=(left * sx, top * sy, (left + t) * sx, (top + t) * sy))
+    else:
+        if size != (w, h):  # at most MAX_RESIZE_AREA x the crop's square: exactly as timm
+            im = im.resize(size, _RESAMPLE[pre.interpolation])
+        im = im.crop((left, top, left + t, top + t))
     a = np.asarray(im, dtype=np.float32) / 255.0
     if a.ndim == 2:
         a = a[:, :, None]
-    a = (a - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        a = (a - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+    _check_finite(a, "the normalised image (check the bundle's preprocess mean/std)")
     return np.ascontiguousarray(a.transpose(2, 0, 1))
+
+
+def _as_float32(x: np.ndarray) -> np.ndarray:
+    """`x` as float32, checked for NaN/inf AFTER the cast: a finite float64 beyond float32's
+    range (|x| > 3.4e38) becomes inf in the cast."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        a = np.ascontiguousarray(x, dtype=np.float32)
+    _check_finite(a, "input array")
+    return a
+
+
+def _check_finite(a: np.ndarray, what: str) -> None:
+    if not np.isfinite(a).all():
+        raise InputError(f"{what} holds NaN or infinite values (in float32, the model's type: "
+                         "finite float64 values beyond ±3.4e38 overflow)")
 
 
 def to_batch(x, pre: Preprocess) -> tuple[np.ndarray, bool]:
@@ -96,13 +124,13 @@ def to_batch(x, pre: Preprocess) -> tuple[np.ndarray, bool]:
             raise InputError("empty batch")
         return np.stack([_one(item, pre, shape) for item in x]), True
     if isinstance(x, np.ndarray) and x.ndim == 4 and x.dtype.kind == "f":
-        _check_float(x[0] if len(x) else x, shape)
         if not len(x):
-            raise InputError("empty batch")
-        if not np.isfinite(x).all():
-            raise InputError("input array holds NaN or infinite values")
-        return np.ascontiguousarray(x, dtype=np.float32), True
+            raise InputError(f"empty batch: an array of shape {x.shape} holds no input")
+        _check_float(x[0], shape)
+        return _as_float32(x), True
     if isinstance(x, np.ndarray) and x.ndim == 4 and x.dtype == np.uint8:
+        if not len(x):
+            raise InputError(f"empty batch: an array of shape {x.shape} holds no image")
         return np.stack([_one(item, pre, shape) for item in x]), True
     return _one(x, pre, shape)[None], False
 
@@ -118,9 +146,7 @@ def _one(x, pre: Preprocess, shape: tuple) -> np.ndarray:
             return preprocess_image(Image.fromarray(arr), pre)
         if x.dtype.kind == "f":
             _check_float(x, shape)
-            if not np.isfinite(x).all():
-                raise InputError("input array holds NaN or infinite values")
-            return np.ascontiguousarray(x, dtype=np.float32)
+            return _as_float32(x)
         raise InputError(
             f"array of dtype {x.dtype} and shape {x.shape} is not an input: give a uint8 image "
             f"(HxW or HxWxC) or a preprocessed float array of shape {shape} (or a batch of them)")

@@ -28,10 +28,11 @@ overall. `quiet_ms` is the lowest burst p10: the latency when the machine is qui
 statistics tried the one two profiles of the same bundle reproduce best on a shared host
 (chosen on one pair of default-family profiles, checked on three more pairs; README); the
 latency predictor's benchmark takes it as the truth. The summary printed at the end gives each
-profile's split-half repeatability (odd against even rounds, `split_half_repeatability`): a
-low figure means the machine was busy and the profile is worth repeating. The burst
-statistics are kept in the entry (`conditions.interleaved`). `load_ms` is the time to add the
-variant to the runtime holding the variants made ready before it (shared pieces are not loaded
+profile's split-half repeatability (odd against even rounds,
+`snrt.profile_cli.split_half_repeatability`): a low figure means the machine was busy and the
+profile is worth repeating. The burst statistics are kept in the entry
+(`conditions.interleaved`). `load_ms` is the time to add the variant to the runtime holding
+the variants made ready before it (shared pieces are not loaded
 twice), `first_run_ms` its first inference; peak RSS is the whole worker's
 (`conditions.interleaved.worker_peak_rss_mb`), not per variant, so `peak_rss_mb` is left empty.
 Use the isolated protocol for per-variant load time and memory.
@@ -45,7 +46,6 @@ from snrt.monitor.
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import logging
@@ -63,7 +63,7 @@ import numpy as np
 
 from .bundle import Bundle, VariantInfo
 from .errors import SnrtError
-from .lookup_table import Entry, LookupTable, LookupTableError, bundle_key
+from .lookup_table import Entry, LookupTable, bundle_key
 from .progress import Progress
 
 log = logging.getLogger("snrt.profile")
@@ -251,10 +251,14 @@ def sample_variants(variants: list[VariantInfo], spec: str, seed: int = 0) -> li
     Returned in bundle order."""
     n_total = len(variants)
     try:
-        n = math.ceil(n_total * float(spec[:-1]) / 100) if spec.endswith("%") else int(spec)
+        pct = float(spec[:-1]) if spec.endswith("%") else None
+        n = math.ceil(n_total * pct / 100) if pct is not None else int(spec)
     except ValueError:
         raise SnrtError(f"--sample {spec!r}: give a percentage like 20% or a count") from None
-    n = min(max(n, 1), n_total)
+    if (pct is not None and not 0 < pct <= 100) or (pct is None and n < 1):
+        raise SnrtError(f"--sample {spec!r}: give a percentage more than 0% and at most 100%, "
+                        "or a count of at least 1")
+    n = min(n, n_total)
     chosen = {v.id for v in variants if v.is_anchor}
     groups: dict[tuple, list[VariantInfo]] = {}
     for v in variants:
@@ -284,6 +288,12 @@ class Profiler:
 
     def __init__(self, bundle_path: str | os.PathLike, table_path: str | os.PathLike, *,
                  protocol: Protocol = Protocol(), isolate: bool = True):
+        from .paths import is_shipped
+
+        if is_shipped(table_path):
+            raise SnrtError(f"{table_path}: the lookup tables shipped with snrt are read-only; "
+                            "profile into the per-user data directory (snrt.paths."
+                            "user_tables_dir()) or another directory")
         self.bundle = Bundle.open(bundle_path)  # verify hashes once, here
         self.table_path = Path(table_path)
         self.protocol = protocol
@@ -565,53 +575,6 @@ def _worker_interleaved(spec: str) -> int:
     return 0
 
 
-def _csv(s: str, cast=str) -> list:
-    try:
-        return [cast(x) for x in s.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad list {s!r}") from None
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="snrt-profile", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("bundle", help="bundle directory (NAME.snrt), or 'default' for the bundled "
-                                  "default family")
-    p.add_argument("--backend", type=_csv, default=["onnxruntime"],
-                   help="comma list: onnxruntime,tflite (default onnxruntime)")
-    p.add_argument("--threads", type=lambda s: _csv(s, int), default=[1],
-                   help="comma list of intra-op thread counts (default 1)")
-    p.add_argument("--precision", type=_csv, default=None,
-                   help="comma list: fp32,fp16,int8 (tflite); default fp32")
-    sel = p.add_mutually_exclusive_group()
-    sel.add_argument("--variants", nargs="+", metavar="ID", help="variant ids or cfg_ids")
-    sel.add_argument("--sample", metavar="N|P%",
-                     help="measure anchors plus variants spread over FLOPs, e.g. 20%% or 14")
-    p.add_argument("--runs", type=int, default=20, help="minimum timed runs (default 20)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
-    p.add_argument("--min-seconds", type=float, default=1.0,
-                   help="minimum timed seconds per variant (default 1)")
-    p.add_argument("--max-seconds", type=float, default=30.0,
-                   help="cap on timed seconds per variant (default 30)")
-    p.add_argument("--rounds", type=int, default=0, metavar="K",
-                   help="interleaved protocol: make all selected variants ready in one worker "
-                        "and measure them in K shuffled round-robin rounds of short bursts "
-                        "(--runs and --min-seconds are then totals per variant, split over the "
-                        "rounds); host drift hits all variants alike. 0 (default): the "
-                        "isolated protocol, one fresh worker per variant. See above")
-    p.add_argument("--out", default="lookup_tables",
-                   help="directory for <device-id>.json, or a .json path (default "
-                        "lookup_tables/)")
-    p.add_argument("--predict", action="store_true",
-                   help="predict the variants not measured (default with --sample)")
-    p.add_argument("--plot", metavar="PNG", help="write the accuracy-latency Pareto plot")
-    p.add_argument("--fresh", action="store_true", help="re-measure entries already present")
-    p.add_argument("--in-process", action="store_true",
-                   help="measure in this process (faster start, no crash isolation)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
-
-
 def resolve_bundle(arg: str) -> Path:
     if arg == "default":
         from . import default_bundle
@@ -620,144 +583,11 @@ def resolve_bundle(arg: str) -> Path:
     return Path(arg)
 
 
-def split_half_repeatability(entries: list[Entry], tol: float = 0.05) -> float | None:
-    """How well an interleaved profile repeats within itself: the share of variants whose
-    quiet latency from the odd rounds is within ±tol of that from the even rounds, once the
-    common scale (the median ratio) is removed. None without interleaved p10s of >= 4 rounds
-    for at least 3 variants. On six default-family profiles it tracked how well a predictor
-    fitted to the profile did: 99-100% -> 100% of held-out variants within ±5%, 70% -> 80%
-    (README); a low figure means the machine was busy during the profile."""
-    halves = []
-    for e in entries:
-        p10 = e.conditions.get("interleaved", {}).get("p10", []) if e.conditions else []
-        if len(p10) >= 4 and not e.predicted and e.error is None:
-            halves.append((min(p10[0::2]), min(p10[1::2])))
-    if len(halves) < 3:
-        return None
-    r = np.array([b / a for a, b in halves])
-    return float(np.mean(np.abs(r / np.median(r) - 1) <= tol))
-
-
-def _measured_groups(table: LookupTable, key: str, ids: set[str]
-                     ) -> dict[tuple, dict[str, Entry]]:
-    """{(backend, precision, threads): {variant: entry}} of the measured entries of `ids`."""
-    rows: dict[tuple, dict[str, Entry]] = {}
-    for e in table.entries:
-        if e.bundle == key and e.variant in ids and not e.predicted and e.error is None:
-            rows.setdefault((e.backend, e.precision, e.threads), {})[e.variant] = e
-    return rows
-
-
-def summary_lines(table: LookupTable, key: str, variant_ids: list[str]) -> list[str]:
-    """Per backend x precision x threads over `variant_ids`: how many were measured, their
-    median p50, the median per-variant ratio to onnxruntime fp32 at the same threads (the
-    ORT-vs-TFLite comparison per precision) and, for interleaved profiles, the split-half
-    repeatability (share within ±5%)."""
-    rows = _measured_groups(table, key, set(variant_ids))
-    if not rows:
-        return []
-    out = [f"{'backend':12s} {'prec':5s} {'threads':>7s} {'variants':>8s} {'median p50 ms':>13s} "
-           f"{'vs onnxruntime fp32':>19s} {'repeats ±5%':>11s}"]
-    for (backend, precision, threads), es in sorted(rows.items()):
-        ref = rows.get(("onnxruntime", "fp32", threads), {})
-        common = [v for v in es if v in ref]
-        ratio = (f"{np.median([es[v].p50_ms / ref[v].p50_ms for v in common]):.2f}x "
-                 f"({len(common)})" if common else "-")
-        rep = split_half_repeatability(list(es.values()))
-        out.append(f"{backend:12s} {precision:5s} {threads:7d} {len(es):8d} "
-                   f"{np.median([e.p50_ms for e in es.values()]):13.3f} {ratio:>19s} "
-                   f"{'-' if rep is None else f'{rep:.0%}':>11s}")
-    return out
-
-
-REPEATABLE = 0.95  # split-half share within ±5% below which a profile is worth repeating
-
-
-def _warn_unrepeatable(table: LookupTable, key: str, ids: set[str]) -> None:
-    for (backend, precision, threads), es in sorted(_measured_groups(table, key, ids).items()):
-        rep = split_half_repeatability(list(es.values()))
-        if rep is not None and rep < REPEATABLE:
-            log.warning("%s/%s/%dt: only %.0f%% of the variants repeat within ±5%% between odd "
-                        "and even rounds: the machine was busy. Profile again (--fresh) when "
-                        "it is quiet, or with more rounds (--rounds 90 --min-seconds 3 repeated "
-                        "to 100%% on the default family here), before trusting small "
-                        "differences or predictions", backend, precision, threads, 100 * rep)
-
-
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--worker"]:
-        return _worker(argv[1])
-    if argv[:1] == ["--worker-interleaved"]:
-        return _worker_interleaved(argv[1])
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = _parser().parse_args(argv)
-    try:
-        return _main(args)
-    except (SnrtError, LookupTableError) as e:
-        log.error("error: %s", e)
-        return 1
+    """snrt-profile (snrt.profile_cli), kept here for `python -m snrt.profile` and callers."""
+    from .profile_cli import main as cli_main
 
-
-def _main(args) -> int:
-    t0 = time.monotonic()
-    protocol = Protocol(args.runs, args.warmup, args.min_seconds, args.max_seconds)
-    if args.rounds < 0:
-        raise SnrtError(f"--rounds {args.rounds}: give K >= 1 rounds, or 0 for the isolated "
-                        f"protocol")
-    out = Path(args.out)
-    bundle_path = resolve_bundle(args.bundle)
-    if out.suffix != ".json":
-        from .device import describe_device
-
-        out = LookupTable.path_for(out, describe_device())
-    prof = Profiler(bundle_path, out, protocol=protocol, isolate=not args.in_process)
-    variants = prof.bundle.variants
-    if args.variants:
-        variants = [prof.bundle.variant(k) for k in args.variants]
-    elif args.sample:
-        variants = sample_variants(variants, args.sample)
-    precisions = args.precision or ["fp32"]
-    everything = prof.plan(variants, args.backend, precisions, args.threads, fresh=True)
-    if args.rounds:
-        items = prof.plan_interleaved(variants, args.backend, precisions, args.threads,
-                                      args.rounds, fresh=args.fresh)
-        partial = sum(1 for *_, done in items if done)
-        how = (f"interleaved, {args.rounds} rounds; {len(everything) - len(items)} complete, "
-               f"{partial} resumed")
-    else:
-        items = prof.plan(variants, args.backend, precisions, args.threads, fresh=args.fresh)
-        how = f"isolated; {len(everything) - len(items)} already measured"
-    log.info("profiling %d of %d variants x %s x %s x threads %s on %s -> %s (%s)",
-             len(variants), len(prof.bundle.variants), args.backend, precisions,
-             args.threads, prof.table.device.id, out, how)
-    try:
-        if args.rounds:
-            prof.run_interleaved(items, args.rounds, progress=not args.quiet)
-        else:
-            prof.run(items, progress=not args.quiet)
-    except KeyboardInterrupt:
-        log.warning("interrupted: %s holds every variant (isolated) or round (interleaved) "
-                    "measured so far; rerun the same command to resume", out)
-        return 130
-    if args.predict or args.sample:
-        from .latency_model import predict_table
-
-        n = predict_table(prof.table, prof.bundle)
-        prof.table.save(out)
-        log.info("predicted %d entries", n)
-    for line in summary_lines(prof.table, prof.key, [v.id for v in variants]):
-        log.info("%s", line)
-    if args.rounds:
-        _warn_unrepeatable(prof.table, prof.key, {v.id for v in variants})
-    if args.plot:
-        from .plots import plot_pareto
-
-        plot_pareto(prof.table, args.plot, bundle=prof.key)
-        log.info("wrote %s", args.plot)
-    log.info("wrote %s (%d entries) in %.0fs", out, len(prof.table.entries),
-             time.monotonic() - t0)
-    return 0
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
 """snrt-run: the main job end to end on a bundle (default: the bundled default family).
 
-    snrt-run [BUNDLE] [--seconds 30] [--fps 30] [--tables lookup_tables/]
+    snrt-run [BUNDLE] [--seconds 30] [--fps 30] [--threads 1] [--tables DIR]
 
 1. opens and verifies the bundle, lists its variants (FLOPs, params, accuracy);
-2. profiles every variant on this device unless `--tables` already holds this device's table
-   (quick protocol; writes <tables>/<device-id>.json);
+2. looks up this device's lookup table (<device-id>.json) in `--tables` if given, then in the
+   per-user data directory, then in the tables shipped with snrt (read-only), and uses the
+   first that holds every variant at `--threads`; otherwise profiles the missing variants
+   (quick protocol) into `--tables`, or by default into the per-user data directory
+   (snrt.paths: $SNRT_DATA_DIR, else e.g. ~/.local/share/snrt/lookup_tables/). A run never
+   writes into the repository's lookup_tables/ or the installed package;
 3. runs frames from the bundle's sample images at `--fps` (default: the most accurate variant
    takes 40% of the period, measured in a 1-second paced loop) with the controller attached to a
    simulated battery that drains from 100% to 5% over `--seconds`, power saving switching on at
@@ -16,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from . import cli_args
 from .errors import SnrtError
 
 log = logging.getLogger("snrt.run")
@@ -44,25 +50,58 @@ def _samples(bundle):
     return out
 
 
-def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    ap = argparse.ArgumentParser(prog="snrt-run", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> argparse.ArgumentParser:
+    ap = cli_args.Parser(prog="snrt-run", description=__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundle", nargs="?", default="default",
                     help="bundle directory, or 'default' (the bundled family)")
-    ap.add_argument("--seconds", type=float, default=30.0, help="simulated battery life")
-    ap.add_argument("--fps", type=float, default=None,
+    ap.add_argument("--seconds", type=cli_args.number(0.1, 1e6, what="the seconds of "
+                                                      "simulated battery life"),
+                    default=30.0, help="simulated battery life (default 30)")
+    ap.add_argument("--fps", type=cli_args.number(0.1, 10000, what="a frame rate"),
+                    default=None,
                     help="target frame rate (default: the most accurate variant takes 40%% "
                          "of the period in a paced loop here, so that it fits the normal "
                          "budget and power saving has to step down)")
-    ap.add_argument("--tables", default="lookup_tables", help="lookup table directory")
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args(argv)
+    ap.add_argument("--tables", type=cli_args.table_dir, default=None,
+                    help="lookup table directory to look in first and to write a new profile "
+                         "to (default: the per-user data directory; the shipped tables are "
+                         "read, never written)")
+    ap.add_argument("--threads", type=cli_args.threads, default=1,
+                    help=f"intra-op threads, 1 to {cli_args.MAX_THREADS} (default 1)")
+    return ap
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parser().parse_args(argv)  # every value checked here: exit 2 before any work
     try:
         return _run(args)
-    except SnrtError as e:
-        log.error("error: %s", e)
-        return 1
+    except (SnrtError, OSError) as e:  # OSError: a table directory that cannot be written
+        return cli_args.fail("snrt-run", e)
+
+
+def _covered(table, key: str, threads: int, variants) -> list:
+    """The variants `table` holds no measurement of (onnxruntime fp32 at `threads`)."""
+    have = {e.variant for e in table.select(key, "onnxruntime", "fp32", threads)}
+    return [v for v in variants if v.id not in have]
+
+
+def _find_table(first, dev, key: str, threads: int, variants):
+    """(table, its path) from the first directory (snrt.paths.table_dirs: --tables, the
+    user's data directory, the shipped tables) whose table for this device holds every
+    variant at `threads`; (None, None) when none does. A damaged table is an error naming
+    the file, the entry and the repair command (LookupTable.load)."""
+    from .lookup_table import LookupTable
+    from .paths import table_dirs
+
+    for d in table_dirs(first):
+        p = LookupTable.path_for(d, dev)
+        if p.is_file():
+            t = LookupTable.load(p)
+            if not _covered(t, key, threads, variants):
+                return t, p
+    return None, None
 
 
 def _paced_median_ms(rt, variant: str, x, period_ms: float, seconds: float = 1.0) -> float:
@@ -77,9 +116,10 @@ def _paced_median_ms(rt, variant: str, x, period_ms: float, seconds: float = 1.0
     return float(np.median(lat))
 
 
-def _wait_for_frame(t_start: float, i: int, period_s: float) -> None:
-    """Sleep until frame i's slot (t_start + i * period); a late frame does not wait."""
-    sleep = t_start + i * period_s - time.perf_counter()
+def _wait_for_frame(t_start: float, i: int, period_s: float, end_s: float = math.inf) -> None:
+    """Sleep until frame i's slot (t_start + i * period), or until t_start + end_s if that is
+    sooner; a late frame does not wait."""
+    sleep = t_start + min(i * period_s, end_s) - time.perf_counter()
     if sleep > 0:
         time.sleep(sleep)
 
@@ -87,8 +127,9 @@ def _wait_for_frame(t_start: float, i: int, period_s: float) -> None:
 def _run(args) -> int:
     from .controller import Controller, PolicyConfig
     from .device import describe_device
-    from .lookup_table import LookupTable, LookupTableError, bundle_key
+    from .lookup_table import LookupTable, bundle_key
     from .monitor import SimulatedClock, SimulatedMonitor
+    from .paths import is_shipped, user_tables_dir
     from .profile import Profiler, Protocol, resolve_bundle
     from .runtime import Runtime
 
@@ -106,20 +147,28 @@ def _run(args) -> int:
 
     # 2. this device's lookup table
     dev = describe_device()
-    tpath = LookupTable.path_for(args.tables, dev)
     key = bundle_key(b)
-    try:
-        table = LookupTable.load(tpath)
-        have = {e.variant for e in table.select(key, "onnxruntime", "fp32", args.threads)}
-    except LookupTableError:
-        table, have = None, set()
-    missing = [v for v in b.variants if v.id not in have]
-    if missing:
+    table, tpath = _find_table(args.tables, dev, key, args.threads, b.variants)
+    if table is None:
+        write_dir = args.tables
+        if write_dir is None or is_shipped(write_dir):
+            write_dir = user_tables_dir()
+        tpath = LookupTable.path_for(write_dir, dev)
+        if args.tables is not None and write_dir != args.tables:
+            print(f"{args.tables} holds the shipped tables (read-only)")
+        missing = (_covered(LookupTable.load(tpath), key, args.threads, b.variants)
+                   if tpath.is_file() else list(b.variants))
         print(f"profiling {len(missing)} variants on {dev.id} -> {tpath}")
         prof = Profiler(path, tpath, protocol=Protocol(runs=15, warmup=2, min_seconds=0.2,
                                                        max_seconds=5), isolate=False)
         prof.run(prof.plan(missing, ["onnxruntime"], ["fp32"], [args.threads]))
         table = prof.table
+        failed = [e for e in table.entries if e.bundle == key and e.error is not None
+                  and e.threads == args.threads and e.backend == "onnxruntime"]
+        if failed:
+            raise SnrtError(f"{len(failed)} variants could not be measured "
+                            f"({failed[0].variant}: {failed[0].error}); {tpath} keeps them "
+                            "marked failed, rerun to measure them again")
     else:
         print(f"using lookup table {tpath}")
     es = table.select(key, "onnxruntime", "fp32", args.threads)
@@ -163,7 +212,7 @@ def _run(args) -> int:
         recs.append((now, mon.read().battery_pct, res.variant.id, res.latency_ms,
                      None if label is None else pred == label))
         i += 1
-        _wait_for_frame(t_start, i, period)
+        _wait_for_frame(t_start, i, period, secs)  # a long period does not outlast the run
     rt.close()
     print("\nbattery  power-saving  frames  main variant      top-1(bundle)  p50 ms  "
           "deadline miss  sample acc")

@@ -189,6 +189,14 @@ class Runtime:
         t1 = time.perf_counter()
         out = ex.run(batch)
         t2 = time.perf_counter()
+        if not np.isfinite(out).all():
+            # finite inputs the network overflows on (e.g. float32 values near 3e38 given as
+            # a preprocessed array) would give NaN probabilities without a word
+            self._n_errors += 1
+            raise InputError(
+                f"variant {v.id} gave NaN or infinite logits for this input (its values span "
+                f"{float(batch.min()):.3g} to {float(batch.max()):.3g}; a preprocessed image "
+                "is normalised, within a few units of 0)")
         rec = FrameRecord(time.monotonic(), v.id, (t2 - t1) * 1e3, (t2 - t0) * 1e3, len(batch))
         self._frames.append(rec)
         self._n_frames += 1

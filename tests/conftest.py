@@ -115,3 +115,10 @@ def tiny_family(tmp_path_factory):
                  "--stitch-weights", str(ck), "--out", str(out), "--quiet"]) == 0
     return {"dir": d, "models": models, "layers": layers, "paths": paths, "ckpt": ck,
             "bundle": out}
+
+
+@pytest.fixture(autouse=True)
+def _user_data_dir(tmp_path_factory, monkeypatch):
+    """Every test's per-user data directory (snrt.paths) is a fresh temporary one: no test reads
+    or writes the real user's tables."""
+    monkeypatch.setenv("SNRT_DATA_DIR", str(tmp_path_factory.mktemp("snrt-data")))

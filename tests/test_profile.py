@@ -11,7 +11,8 @@ from snrt.bundle import Bundle
 from snrt.lookup_table import Entry, LookupTable, LookupTableError, pareto_front
 from snrt.lut_cli import main as lut_main
 from snrt.lut_cli import merge
-from snrt.profile import Profiler, Protocol, main, sample_variants, summary_lines
+from snrt.profile import Profiler, Protocol, main, sample_variants
+from snrt.profile_cli import summary_lines
 
 FAST = Protocol(runs=3, warmup=1, min_seconds=0.0, max_seconds=5.0)
 
@@ -65,7 +66,7 @@ def test_profile_measures_resumes_and_survives_interrupts(tiny_family, tmp_path,
         assert e.placement in ("pieces", "graphs")
 
 
-def test_cli_isolated_workers_and_crash_recorded(tiny_family, tmp_path, monkeypatch):
+def test_cli_isolated_workers_and_crash_recorded(tiny_family, tmp_path, monkeypatch, capsys):
     out = tmp_path / "t.json"
     assert main([str(tiny_family["bundle"]), "--variants", "ti", "s>b@1:1", "--runs", "3",
                  "--min-seconds", "0", "--out", str(out), "--quiet"]) == 0
@@ -74,8 +75,11 @@ def test_cli_isolated_workers_and_crash_recorded(tiny_family, tmp_path, monkeypa
     # a worker that dies is recorded as an error entry, the profile goes on
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # shadow numpy in the worker only
     (tmp_path / "numpy.py").write_text("raise SystemExit(3)\n")
+    capsys.readouterr()
+    # ... and the command fails (exit 1) saying so, the table keeping the failure
     assert main([str(tiny_family["bundle"]), "--variants", "b", "--runs", "3",
-                 "--min-seconds", "0", "--out", str(out), "--quiet"]) == 0
+                 "--min-seconds", "0", "--out", str(out), "--quiet"]) == 1
+    assert "1 of 1 measurements failed (b: worker exited with 3" in capsys.readouterr().err
     e = LookupTable.load(out).get(t.entries[0].bundle, "b")
     assert e.error and "exited with 3" in e.error
 
@@ -148,7 +152,7 @@ def test_split_half_repeatability():
     """Odd against even rounds' quiet latency, common scale removed: a variant whose odd
     rounds were all slow (busy the whole time it was measured in them) counts as not
     repeating; a uniform slowdown of every variant does not."""
-    from snrt.profile import split_half_repeatability
+    from snrt.profile_cli import split_half_repeatability
 
     es = _split_half_entries()
     assert split_half_repeatability(es[:8]) == 1.0
@@ -161,7 +165,7 @@ def test_split_half_repeatability():
 
 
 def test_profile_warns_when_it_does_not_repeat(caplog):
-    from snrt.profile import _warn_unrepeatable
+    from snrt.profile_cli import _warn_unrepeatable
 
     t = LookupTable.new()
     for e in _split_half_entries():

@@ -102,12 +102,15 @@ def test_isolated_entries_are_remeasured_not_mixed(tmp_path):
 
 def test_rejects_bad_rounds(tmp_path, capsys):
     out = tmp_path / "t.json"
-    assert main(["default", "--variants", "ti", "--rounds", "-2", "--out", str(out),
-                 *FAST]) == 1
+    with pytest.raises(SystemExit) as exc:  # a usage error, before any work
+        main(["default", "--variants", "ti", "--rounds", "-2", "--out", str(out), *FAST])
+    assert exc.value.code == 2
+    assert "argument --rounds: -2: give a round count 0 to 10000" in capsys.readouterr().err
     assert not out.exists()
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exc:
         main(["default", "--rounds", "many", "--out", str(out)])
-    assert "invalid int value" in capsys.readouterr().err
+    assert exc.value.code == 2
+    assert "argument --rounds: 'many' is not a whole number" in capsys.readouterr().err
     prof = Profiler(resolve_bundle("default"), out, isolate=False)
     with pytest.raises(SnrtError, match="at least 1 round"):
         prof.plan_interleaved(prof.bundle.variants[:2], ["onnxruntime"], ["fp32"], [1], 0)
@@ -120,11 +123,12 @@ def test_interleaved_worker_process_and_crash(tmp_path, monkeypatch):
     es = _entries(out)
     assert sorted(es) == ["b", "ti"] and all(len(e.conditions["interleaved"]["p50"]) == 2
                                              for e in es.values())
-    # a worker that dies before any round: error entries, the profile itself goes on
+    # a worker that dies before any round: error entries, the profile itself goes on, and
+    # the command exits 1 saying so
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # shadow numpy in the worker only
     (tmp_path / "numpy.py").write_text("raise SystemExit(3)\n")
     assert main(["default", "--variants", "s", "--rounds", "2", "--out", str(out),
-                 *FAST]) == 0
+                 *FAST]) == 1
     e = _entries(out)["s"]
     assert e.error and "exited with 3" in e.error
     assert _entries(out)["ti"].error is None  # complete entries are kept

@@ -18,9 +18,10 @@ def test_snrt_run_profiles_then_runs(tiny_family, tmp_path, capsys):
     assert "using lookup table" in capsys.readouterr().out
 
 
-def test_snrt_run_reports_missing_bundle(tmp_path, caplog):
+def test_snrt_run_reports_missing_bundle(tmp_path, capsys):
     assert main([str(tmp_path / "nope.snrt"), "--seconds", "1"]) == 1
-    assert "no such bundle" in caplog.text
+    err = capsys.readouterr().err
+    assert err.startswith("snrt-run: error: ") and "no such bundle" in err
 
 
 def test_default_bundle_samples_carry_their_labels():
@@ -37,3 +38,16 @@ def test_default_bundle_samples_carry_their_labels():
     assert label_from_name("digit3_row1502", b.labels) == "3"
     assert label_from_name("cat_01", ["cat", "dog"]) == "cat"
     assert label_from_name("row1502", b.labels) is None
+
+
+def test_a_long_frame_period_does_not_outlast_the_run(monkeypatch):
+    """--fps 0.1 --seconds 1: the wait after the first frame ends with the run (1 s), not at
+    the next frame's slot 10 s later."""
+    from snrt import run_cli
+
+    slept = []
+    monkeypatch.setattr(run_cli.time, "perf_counter", lambda: 100.0)
+    monkeypatch.setattr(run_cli.time, "sleep", slept.append)
+    run_cli._wait_for_frame(100.0, 1, 10.0, 1.0)
+    run_cli._wait_for_frame(100.0, 1, 0.5, 1.0)
+    assert slept == [1.0, 0.5]
