@@ -19,6 +19,7 @@ weights, so its forward pass, fvcore FLOPs and parameter count are timm's and fv
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 
@@ -372,10 +373,24 @@ def ufo_subnet(sd: dict, geom: Geometry, arch: UfoArch | str, space: dict | None
 # Forward, FLOPs, params of a (sliced) timm model
 # --------------------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def one_thread():
+    """Run torch on one thread: these models are tiny, and on a shared 2-core machine torch's
+    thread pool spinning against other processes made a forward 5-10x slower (measured)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def forward(model, x: np.ndarray) -> np.ndarray:
     import torch
 
-    with torch.no_grad():
+    with torch.no_grad(), one_thread():
         return model(torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32))).numpy()
 
 
@@ -399,7 +414,7 @@ def fvcore_flops_of(model, inputs) -> int:
             mod.fused_attn = False
         fca = FlopCountAnalysis(model.eval(), inputs)
         fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        with torch.no_grad():
+        with torch.no_grad(), one_thread():
             total = fca.total()
     finally:
         for mod, f in fused:

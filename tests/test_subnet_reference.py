@@ -327,7 +327,7 @@ def test_ufo_arch_strings_of_the_published_table():
 @pytest.mark.parametrize("arch,pos", [
     ("l" + "111" * 5, None),              # too short
     ("m" + "111" * 6, 0),                 # depth code
-    ("l111141" + "111" * 4, 5),           # heads code of block 1 ('4')
+    ("l111" + "411" + "111" * 4, 4),      # heads code of block 1 ('4')
     ("l111" + "151" + "111" * 4, 5),      # mlp code of block 1
     ("l111" + "112" + "111" * 4, 6),      # embed code of block 1
     ("j" + "111" * 4 + "000" + "100", 16),  # block 5 past depth 4 not '000'
