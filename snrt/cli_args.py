@@ -134,7 +134,10 @@ def sample_spec(s: str) -> str:
 def _path(s: str) -> Path:
     if not s.strip() or "\0" in s:
         raise argparse.ArgumentTypeError(f"{s!r} is not a path")
-    return Path(s).expanduser()
+    try:
+        return Path(s).expanduser()
+    except RuntimeError:  # "~name" of a user this system does not know
+        raise argparse.ArgumentTypeError(f"{s!r}: no such user's home directory") from None
 
 
 def _parent_ok(p: Path, s: str) -> None:

@@ -51,7 +51,10 @@ def user_tables_dir() -> Path:
 def is_shipped(path: str | os.PathLike) -> bool:
     """Whether `path` lies in the shipped tables (a checkout's lookup_tables/) or inside the
     installed snrt package: places a run must not write to."""
-    p = Path(path).expanduser().resolve()
+    try:
+        p = Path(path).expanduser().resolve()
+    except RuntimeError:  # "~name" of an unknown user: not a shipped location
+        return False
     return any(p == root or root in p.parents for root in (SHIPPED_TABLES, _PACKAGE_DIR))
 
 

@@ -128,3 +128,9 @@ def test_path_flags(prog, value):
     got = getattr(args, {"--tables": "tables", "--out": "out", "--plot": "plot"}[flag])
     if flag != "--tables":
         assert not is_shipped(got)
+
+
+def test_tilde_of_an_unknown_user_is_a_usage_error():
+    """`~0` (found by test_path_flags): Path.expanduser raised RuntimeError, a traceback."""
+    args, err = _parse(run_parser(), ["default", "--tables", "~no_such_user_snrt"])
+    assert args is None and "no such user" in err
