@@ -603,7 +603,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="directory for <device-id>.json, or a .json path (default "
                         "lookup_tables/)")
     p.add_argument("--predict", action="store_true",
-                   help="predict the variants not measured (default with --sample)")
+                   help="predict the variants not measured (default with --sample; needs "
+                        "the predict extra, scipy)")
     p.add_argument("--plot", metavar="PNG", help="write the accuracy-latency Pareto plot")
     p.add_argument("--fresh", action="store_true", help="re-measure entries already present")
     p.add_argument("--in-process", action="store_true",
@@ -705,6 +706,10 @@ def _main(args) -> int:
     if args.rounds < 0:
         raise SnrtError(f"--rounds {args.rounds}: give K >= 1 rounds, or 0 for the isolated "
                         f"protocol")
+    if args.predict or args.sample:
+        from .numerics import require_scipy
+
+        require_scipy()  # before anything is measured: the prediction at the end needs it
     out = Path(args.out)
     bundle_path = resolve_bundle(args.bundle)
     if out.suffix != ".json":
