@@ -57,8 +57,7 @@ def main(argv=None) -> int:
     ap.add_argument("--splits", type=int, default=20)
     ap.add_argument("--models", type=lambda x: x.split(","), default=["ms", "log"],
                     help="comma list of predictor fits to compare: ms (GP on latency in ms, "
-                         "what snrt uses), log (GP on log latency); a -scipy suffix (ms-scipy) "
-                         "fits the hyperparameters with scipy's L-BFGS-B instead of snrt's own")
+                         "what snrt uses), log (GP on log latency)")
     args = ap.parse_args(argv)
 
     from snrt.bundle import Bundle
@@ -91,10 +90,9 @@ def main(argv=None) -> int:
                                                                  replace=False))
               for seed in range(args.splits)]
     for name in args.models:
-        target, _, opt = name.partition("-")
-        if target not in ("ms", "log") or opt not in ("", "scipy"):
-            raise SystemExit(f"--models {name!r}: give ms or log, optionally with -scipy")
-        model = {"log_target": target == "log", "optimizer": opt or "own"}
+        if name not in ("ms", "log"):
+            raise SystemExit(f"--models {name!r}: give ms or log")
+        model = {"log_target": name == "log"}
         r = evaluate(b, measured, ours, **model)
         rows.append({"sample": f"[{name}] snrt --sample ({len(ours)} variants)", **r})
         res = [evaluate(b, measured, ids, **model) for ids in splits]

@@ -45,16 +45,15 @@ def variant_features(bundle: Bundle, variants: list[VariantInfo]) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64)
 
 
-def fit_model(bundle: Bundle, measured: dict[str, float], *, log_target: bool = False,
-              optimizer: str = "own") -> GaussianProcessRegressor:
+def fit_model(bundle: Bundle, measured: dict[str, float], *, log_target: bool = False
+              ) -> GaussianProcessRegressor:
     """The latency GP fitted on {variant id: latency ms}; predict with
     `gp.predict(variant_features(bundle, targets), include_noise=...)`.
 
-    log_target: fit log latency (relative errors weigh the same for 1 ms and 400 ms variants).
-    optimizer: of the hyperparameters, "own" or "scipy" (`GaussianProcessRegressor`)."""
+    log_target: fit log latency (relative errors weigh the same for 1 ms and 400 ms variants)."""
     train = [bundle.variant(k) for k in measured]
     X, y = variant_features(bundle, train), np.array([measured[v.id] for v in train])
-    return GaussianProcessRegressor(log_target=log_target, optimizer=optimizer).fit(X, y)
+    return GaussianProcessRegressor(log_target=log_target).fit(X, y)
 
 
 def fit_predict(bundle: Bundle, measured: dict[str, float], targets: list[VariantInfo], *,

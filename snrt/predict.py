@@ -6,8 +6,7 @@
   hyperparameters by maximum marginal likelihood (the latency model's regressor);
 - `snrt.rankers`: the subnet accuracy rankers (`SubnetRankPredictor`, `MultiTaskLinearGP`,
   `SubnetRankEnsemble`) and the GP-NAS baseline (`GPNASBaseline`);
-- `snrt.numerics`: scipy behind small functions (optimiser, Cholesky solves) and the
-  hand-written L-BFGS that the latency GP keeps.
+- `snrt.numerics`: scipy behind small functions (optimiser, Cholesky solves).
 
 The numerics are scipy's (the `predict` extra: ``pip install 'snrt[predict]'``), imported when a
 function is called, so importing this module needs numpy only, and the run-time path never

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from snrt.errors import MissingExtraError
-from snrt.numerics import cho_factor, cho_solve, minimize, own_lbfgs
+from snrt.numerics import cho_factor, cho_solve, minimize
 from snrt.predict import GaussianProcessRegressor, kendall_tau, normal_ppf, normal_scores
 from snrt.ranks import rank_average
 
@@ -103,15 +103,13 @@ def _rosenbrock(x):
     return f, g
 
 
-@pytest.mark.parametrize("optimiser", [minimize, own_lbfgs])
-def test_optimisers_find_the_rosenbrock_minimum(optimiser):
-    x, f = optimiser(_rosenbrock, np.array([-1.2, 1.0]), max_iter=500)
+def test_minimize_finds_the_rosenbrock_minimum():
+    x, f = minimize(_rosenbrock, np.array([-1.2, 1.0]), max_iter=500)
     np.testing.assert_allclose(x, [1.0, 1.0], atol=1e-3)
     assert f < 1e-6
 
 
-@pytest.mark.parametrize("optimiser", [minimize, own_lbfgs])
-def test_optimisers_step_back_from_where_the_objective_is_not_finite(optimiser):
+def test_minimize_steps_back_from_where_the_objective_is_not_finite():
     """The GP objectives return inf where the kernel is not positive definite; here the
     minimum (x = 3) lies beyond a region where the function is undefined (x > 2)."""
     def fun(x):
@@ -119,15 +117,10 @@ def test_optimisers_step_back_from_where_the_objective_is_not_finite(optimiser):
             return float("inf"), np.zeros(1)
         return float((x[0] - 3) ** 2), np.array([2 * (x[0] - 3)])
 
-    x, f = optimiser(fun, np.array([0.0]))
+    x, f = minimize(fun, np.array([0.0]))
     assert 1.9 < x[0] <= 2 and f == pytest.approx((x[0] - 3) ** 2)
     with pytest.raises(ValueError, match="not finite at the starting point"):
-        optimiser(fun, np.array([5.0]))
-
-
-def test_gp_rejects_an_unknown_optimizer():
-    with pytest.raises(ValueError, match="optimizer 'adam'"):
-        GaussianProcessRegressor(optimizer="adam")
+        minimize(fun, np.array([5.0]))
 
 
 # -- without scipy ---------------------------------------------------------------------------
