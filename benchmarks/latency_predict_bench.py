@@ -90,6 +90,8 @@ def main(argv=None) -> int:
                                                                  replace=False))
               for seed in range(args.splits)]
     for name in args.models:
+        if name not in ("ms", "log"):
+            raise SystemExit(f"--models {name!r}: give ms or log")
         model = {"log_target": name == "log"}
         r = evaluate(b, measured, ours, **model)
         rows.append({"sample": f"[{name}] snrt --sample ({len(ours)} variants)", **r})

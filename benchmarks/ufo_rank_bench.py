@@ -1,6 +1,7 @@
 """UFO accuracy-ranking benchmark (issue 6): Kendall tau per task of predicted subnet ranks.
 
-    python -m benchmarks.ufo_rank_bench [--data PATH] [--splits 20]
+    python -m benchmarks.ufo_rank_bench [--data PATH] [--splits 20] [--save TAUS.json]
+        [--compare-with OLD.json]
 
 Data: ../shared/reference/ufo/CCF_UFO_train.json (500 ViT-B supernet subnets ranked on 8 tasks).
 Rows, all fitted on the same training rows and scored on the same held-out rows:
@@ -21,6 +22,12 @@ Splits: first 400 / last 100 in file order, then `--splits` random 400/100 split
 splits (std of the per-split value). Wall time is the total fit + predict time of each method; the
 whole run takes about 2 minutes on one core of a shared 2-core machine.
 
+`--save` writes every tau (method x split x task) to a JSON file; `--compare-with` reads such a
+file from an earlier run (another commit, other numerics) and prints the old and new average tau
+per method side by side with the largest per-task difference. benchmarks/ufo_rank_numpy.json is
+the run of the hand-written numerics (Kendall tau, ranks, normal ppf, L-BFGS) that scipy
+replaced.
+
 BLAS runs single-threaded unless OMP_NUM_THREADS / OPENBLAS_NUM_THREADS say otherwise: the
 matrices are 400 x 400, and on a shared 2-core machine multi-threaded BLAS made the run 10x
 slower in wall time.
@@ -34,6 +41,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # before numpy is imported
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -73,7 +81,12 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--splits", type=int, default=20)
+    ap.add_argument("--save", type=Path, metavar="TAUS.json",
+                    help="write every tau (method x split x task) to this file")
+    ap.add_argument("--compare-with", type=Path, metavar="OLD.json",
+                    help="a --save file of an earlier run: print old vs new tau side by side")
     args = ap.parse_args(argv)
+    old = _load_taus(args.compare_with) if args.compare_with else None
 
     data = read_ufo_ranks(args.data)
     R = data.ranks
@@ -100,6 +113,10 @@ def main(argv: list[str] | None = None) -> None:
             checks.append((P, R[te]))
 
     tasks = list(data.tasks)
+    split_names = [name for name, _, _ in splits]
+    if args.save:
+        args.save.write_text(json.dumps({"tasks": tasks, "splits": split_names, "taus": taus},
+                                        indent=1) + "\n")
     print(f"UFO CCF 2022 ranking, {n} subnets, {len(tasks)} tasks; Kendall tau-b on the 100 "
           "held-out subnets\n")
     header = ["method", "split", *tasks, "average", "wall s"]
@@ -152,6 +169,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  {'share':11s}" + " ".join(
         f"{v:6.2f}" for v in np.diag(B) / (np.diag(B) + icm.noise_var_)))
 
+    if old is not None:
+        _print_comparison(old, taus, split_names, tasks, args.compare_with)
+
     try:
         from scipy.stats import kendalltau as scipy_tau
     except ImportError:
@@ -164,6 +184,43 @@ def main(argv: list[str] | None = None) -> None:
             worst = max(worst, abs(ours - ref))
     print(f"\nKendall tau cross-check against scipy.stats.kendalltau over {len(checks) * 8} "
           f"values: max |difference| = {worst:.1e}")
+
+
+def _load_taus(path: Path) -> dict:
+    try:
+        saved = json.loads(path.read_text())
+        saved["taus"] = {m: np.asarray(v, dtype=float) for m, v in saved["taus"].items()}
+        return saved
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"--compare-with {path}: not a file written by --save ({e})") from None
+
+
+def _print_comparison(old: dict, taus: dict, split_names: list[str], tasks: list[str],
+                      path: Path) -> None:
+    """Old vs new tau per method on the splits both runs have (first split and random ones
+    reported apart, as in the table)."""
+    common = [s for s in split_names if s in old["splits"]]
+    if old["tasks"] != tasks or not common:
+        raise SystemExit(f"--compare-with {path}: other tasks or no split in common")
+    print(f"\nold ({path.name}) vs new, tau on the {len(common)} splits both runs have:")
+    header = ["method", "split", "old average", "new average", "new - old",
+              "max |per-task diff|"]
+    rows = []
+    for m, new in taus.items():
+        if m not in old["taus"]:
+            continue
+        a = old["taus"][m][[old["splits"].index(s) for s in common]]
+        b = np.asarray(new)[[split_names.index(s) for s in common]]
+        for label, sel in (("first400/last100", [0]), (f"{len(common) - 1} random",
+                                                       slice(1, None))):
+            if not len(a[sel]):
+                continue
+            oa, na = a[sel].mean(1).mean(), b[sel].mean(1).mean()
+            rows.append([m, label, f"{oa:.4f}", f"{na:.4f}", f"{na - oa:+.4f}",
+                         f"{np.abs(a[sel] - b[sel]).max():.4f}"])
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, ["-" * w for w in widths], *rows]:
+        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |")
 
 
 if __name__ == "__main__":

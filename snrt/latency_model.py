@@ -4,7 +4,7 @@ In the spirit of GP-NAS / nn-Meter: a variant's latency is nearly additive in th
 runs (blocks of each anchor, stitching layers, embedding and head), so the features are the
 variant's structure — GFLOPs, number of blocks run of each anchor, number of stitching layers
 (the number of pieces, i.e. session hops, is their sum plus two: already covered) — and the
-model is snrt.predict.GaussianProcessRegressor: a Bayesian linear part (the additive costs) plus
+model is snrt.gp.GaussianProcessRegressor: a Bayesian linear part (the additive costs) plus
 a GP correction for what is not additive (cache pressure, chain effects), in milliseconds (costs
 add up there, not in log space; a fit on log latency did no better in
 benchmarks/latency_predict_bench.py). Each prediction carries a 1-sigma uncertainty for what a
@@ -26,8 +26,8 @@ import logging
 import numpy as np
 
 from .bundle import Bundle, VariantInfo
+from .gp import GaussianProcessRegressor
 from .lookup_table import Entry, LookupTable, bundle_key
-from .predict import GaussianProcessRegressor
 
 log = logging.getLogger(__name__)
 

@@ -76,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
                         "lookup_tables/ in the per-user data directory, snrt.paths; the tables "
                         "shipped with snrt are never written)")
     p.add_argument("--predict", action="store_true",
-                   help="predict the variants not measured (default with --sample)")
+                   help="predict the variants not measured (default with --sample; needs "
+                        "the predict extra, scipy)")
     p.add_argument("--plot", metavar="PNG", type=cli_args.out_file(".png"),
                    help="write the accuracy-latency Pareto plot")
     p.add_argument("--fresh", action="store_true", help="re-measure entries already present")
@@ -167,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args) -> int:
     t0 = time.monotonic()
     protocol = Protocol(args.runs, args.warmup, args.min_seconds, args.max_seconds)
+    if args.predict or args.sample:
+        from .numerics import require_scipy
+
+        require_scipy()  # before anything is measured: the prediction at the end needs it
     if args.out is None:
         from .paths import user_tables_dir
 

@@ -1,9 +1,9 @@
-"""Subnet arch strings and costs, Kendall's tau, the GP regressor, the UFO ranker and the GP-NAS
-baseline (snrt/subnets.py, snrt/predict.py)."""
+"""Subnet arch strings and costs, the GP regressor, the UFO rankers and the GP-NAS baseline
+(snrt/subnets.py, snrt/gp.py, snrt/rankers.py; Kendall's tau and the numerics under them are in
+test_numerics.py)."""
 
 from __future__ import annotations
 
-import itertools
 import math
 from pathlib import Path
 
@@ -18,7 +18,6 @@ from snrt.predict import (
     SubnetRankEnsemble,
     SubnetRankPredictor,
     kendall_tau,
-    normal_ppf,
     normal_scores,
 )
 from snrt.subnets import (
@@ -147,58 +146,6 @@ def test_encodings(ufo):
     np.testing.assert_array_equal(absent_slots[:, 1], depth < 11)
     np.testing.assert_array_equal(absent_slots[:, 2], depth < 12)
     np.testing.assert_array_equal(encode_gpnas([EXAMPLE])[0, :8], [1, 1, 0, 0, 1, 1, 0, 0])
-
-
-# -- Kendall's tau ---------------------------------------------------------------------------
-def brute_force_tau_b(x, y) -> float:
-    nc = nd = tx = ty = 0
-    for i, j in itertools.combinations(range(len(x)), 2):
-        dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-        if dx == 0 and dy == 0:
-            continue
-        if dx == 0:
-            tx += 1
-        elif dy == 0:
-            ty += 1
-        elif dx == dy:
-            nc += 1
-        else:
-            nd += 1
-    denom = math.sqrt((nc + nd + tx) * (nc + nd + ty))
-    return (nc - nd) / denom if denom else float("nan")
-
-
-@pytest.mark.parametrize("n, levels", [(2, 2), (5, 3), (30, 4), (57, 1000), (120, 6), (200, 200)])
-def test_kendall_tau_matches_brute_force(n, levels):
-    rng = np.random.default_rng(n * 7 + levels)
-    for _ in range(5):
-        x = rng.integers(0, levels, n).astype(float)
-        y = np.where(rng.random(n) < 0.5, x, rng.integers(0, levels, n))  # correlated, ties
-        expected = brute_force_tau_b(x, y)
-        got = kendall_tau(x, y)
-        if math.isnan(expected):
-            assert math.isnan(got)
-        else:
-            assert got == pytest.approx(expected, abs=1e-12)
-
-
-def test_kendall_tau_edge_cases():
-    x = np.arange(50.0)
-    assert kendall_tau(x, 2 * x + 1) == pytest.approx(1.0)
-    assert kendall_tau(x, -x) == pytest.approx(-1.0)
-    assert math.isnan(kendall_tau(x, np.ones(50)))
-    assert math.isnan(kendall_tau([1.0], [2.0]))
-    with pytest.raises(ValueError, match="same length"):
-        kendall_tau([1, 2, 3], [1, 2])
-
-
-def test_normal_scores():
-    p = np.array([1e-9, 1e-4, 0.01, 0.02425, 0.2, 0.5, 0.7, 0.97575, 0.999, 1 - 1e-9])
-    cdf = np.array([0.5 * (1 + math.erf(z / math.sqrt(2))) for z in normal_ppf(p)])
-    np.testing.assert_allclose(cdf, p, rtol=1e-7)
-    z = normal_scores([30, 10, 20, 20])
-    assert z[1] < z[2] == z[3] < z[0]
-    assert z.sum() == pytest.approx(0.0, abs=1e-12)
 
 
 # -- GP regression ---------------------------------------------------------------------------
