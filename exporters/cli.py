@@ -113,6 +113,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="copy the bundle here and add the task to the copy")
     k.add_argument("--force", action="store_true",
                    help="replace a task of the same name (or an existing --out)")
+    k.add_argument("--graphs", metavar="all|anchors|ID,...",
+                   help="also write one whole graph per variant with the task for these of its "
+                        "variants (the runtime's 'graphs' placement runs them: faster for tiny "
+                        "models; default none: the runtime chains the pieces)")
 
     i = sub.add_parser("info", help="describe a bundle and verify its files",
                        description="Print a bundle's family, variants, files and manifest "
@@ -263,7 +267,7 @@ def _task(args) -> int:
     from .task_bundle import add_task
 
     b = add_task(args.bundle, args.tuners, name=args.name, labels=args.labels, out=args.out,
-                 force=args.force)
+                 force=args.force, graphs=args.graphs)
     for t in b.tasks:
         print(f"{b.path}: task {t.name}: {len(t.labels)} labels, {len(t.pieces)} pieces, "
               f"{t.bytes / 1e3:.1f} kB, runs on {len(t.variants)} variants")

@@ -1,7 +1,7 @@
 """`snrt-export task`: add a task (a tuner file from tools/train_tuners.py) to a bundle.
 
     snrt-export task BUNDLE --tuners faces.safetensors [--name faces] [--labels labels.txt]
-                     [--out COPY.snrt] [--force]
+                     [--out COPY.snrt] [--force] [--graphs all|anchors|ID,...]
 
 The task file is read and checked against the bundle (snrt.tuners: shapes, backbone hash), its
 pieces are exported (exporters.tuner_onnx: the frozen weights stay in graphs/weights.bin, the
@@ -59,14 +59,16 @@ def task_record(task: Task, export, files: dict) -> TaskInfo:
         tuners=[{"kind": s.kind, s.size_key: s.size} for s in task.tuners],
         heads=list(task.heads), variants=list(task.variants), weights=export.weights,
         pieces=[p.to_json() for p in export.pieces], params=task.num_params,
-        bytes=sum(files[f]["bytes"] for f in export.files), accuracy=acc, provenance=prov)
+        bytes=sum(files[f]["bytes"] for f in export.files), accuracy=acc, provenance=prov,
+        graphs=dict(export.graphs))
 
 
 def add_task(bundle: str | os.PathLike, tuners: str | os.PathLike, *, name: str | None = None,
              labels: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
-             force: bool = False) -> Bundle:
+             force: bool = False, graphs: str | list[str] | None = None) -> Bundle:
     """Add the task in `tuners` to `bundle` (or to a copy at `out`); returns the bundle opened
-    and verified after the change."""
+    and verified after the change. graphs: also one whole graph per variant for these of the
+    task's variants ("all", "anchors", or ids; default none: the runtime chains pieces)."""
     src = Path(bundle)
     if out is None and _inside_package(src):
         raise SnrtError(f"{src} is inside the installed snrt package (the shipped bundle is "
@@ -85,18 +87,33 @@ def add_task(bundle: str | os.PathLike, tuners: str | os.PathLike, *, name: str 
         try:
             work = stage / "bundle"
             shutil.copytree(src, work)
-            _add(work, tuners, name, labels, force)
+            _add(work, tuners, name, labels, force, graphs)
             if dest.exists():
                 shutil.rmtree(dest)
             os.replace(work, dest)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
         return Bundle.open(dest, verify=True)
-    _add(src, tuners, name, labels, force)
+    _add(src, tuners, name, labels, force, graphs)
     return Bundle.open(src, verify=True)
 
 
-def _add(path: Path, tuners, name, labels, force: bool) -> None:
+def _whole(spec, task: Task, bundle: Bundle) -> list[str]:
+    if not spec:
+        return []
+    if spec == "all":
+        return list(task.variants)
+    if spec == "anchors":
+        return [v for v in task.variants if bundle.variant(v).is_anchor]
+    ids = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
+    bad = [v for v in ids if v not in task.variants]
+    if bad:
+        raise SnrtError(f"--graphs {bad}: not variants of task '{task.name}' (it runs on "
+                        f"{task.variants[:6]}{'...' if len(task.variants) > 6 else ''})")
+    return ids
+
+
+def _add(path: Path, tuners, name, labels, force: bool, graphs=None) -> None:
     b = Bundle.open(path, verify=True)
     task = read_task_file(tuners, bundle=b)
     if name is not None:
@@ -112,11 +129,11 @@ def _add(path: Path, tuners, name, labels, force: bool) -> None:
         raise SnrtError(f"{path}: already has a task '{task.name}'; pass --force to replace "
                         "it, or --name another")
     if old is not None:  # its files are overwritten or dropped
-        for rel in [old.weights] + [p["graph"] for p in old.pieces]:
+        for rel in [old.weights] + [p["graph"] for p in old.pieces] + list(old.graphs.values()):
             m.files.pop(rel, None)
             (path / rel).unlink(missing_ok=True)
         m.tasks = [t for t in m.tasks if t.name != task.name]
-    export = export_task_onnx(b, task)
+    export = export_task_onnx(b, task, whole=_whole(graphs, task, b))
     for rel in export.files:
         record_file(m, path, rel)
     m.tasks.append(task_record(task, export, m.files))

@@ -275,6 +275,7 @@ class TaskExport:
     weights_bytes: int
     pieces: list[TaskPiece]
     files: list[str]  # every file written, relative to the bundle
+    graphs: dict[str, str]  # variant id -> its whole graph with the task (when asked for)
 
 
 def tuner_flops(task: Task, anchor, i: int) -> int:
@@ -307,10 +308,14 @@ def _task_pieces(builder: TaskGraphBuilder, family: Family, task: Task):
         yield p, pid, builder.graph([p], pid, doc=f"snrt task piece {pid} of {family.name}")
 
 
-def export_task_onnx(bundle: Bundle, task: Task, *, family: Family | None = None) -> TaskExport:
+def export_task_onnx(bundle: Bundle, task: Task, *, family: Family | None = None,
+                     whole: list[str] = ()) -> TaskExport:
     """Write a task's pieces into `bundle`'s directory (graphs/t_<name>.*); the manifest is
     not touched (the caller records the pieces: snrt-export task). The task must fit the
-    bundle's backbone (snrt.tuners.check_task)."""
+    bundle's backbone (snrt.tuners.check_task). `whole`: variant ids (of the task's) that also
+    get one whole graph with the task (graphs/t_<name>.v<index>_<id>.onnx): what the runtime's
+    "graphs" placement runs for tiny models, where a chain of piece calls costs more than the
+    compute."""
     check_task(task, bundle)
     family = family if family is not None else bundle.load_family()
     builder = TaskGraphBuilder(family, bundle.manifest.tensors, task)
@@ -327,13 +332,25 @@ def export_task_onnx(bundle: Bundle, task: Task, *, family: Family | None = None
         pieces.append(TaskPiece(pid, base, p.kind, anchor.name, rel, flops, "tokens_in",
                                 "logits" if p.kind == "head" else "tokens_out",
                                 builder.io_shape(p, "in"), builder.io_shape(p, "out")))
+    graphs: dict[str, str] = {}
+    space_ids = {v.id: v for v in space}
+    for vid in whole:
+        if vid not in task.variants:
+            raise TaskFileError(f"whole graph for '{vid}': task '{task.name}' runs on "
+                                f"{task.variants} only")
+        v = space_ids[vid]
+        rel = f"{GRAPH_DIR}/t_{task.name}.v{v.index:03d}_{_safe(vid)}.onnx"
+        _write(bundle.path / rel, builder.graph(v.route.pieces(family.depth),
+                                                f"{vid}{TASK_SEP}{task.name}",
+                                                doc=f"snrt variant {vid} with task {task.name}"))
+        graphs[vid] = rel
     wrel = task_weights_file(task.name)
     tmp = bundle.path / (wrel + ".tmp")
     with open(tmp, "wb") as f:
         builder.store.write(f)
     tmp.replace(bundle.path / wrel)
     return TaskExport(task.name, wrel, builder.store.size, pieces,
-                      [wrel] + [p.graph for p in pieces])
+                      [wrel] + [p.graph for p in pieces] + list(graphs.values()), graphs)
 
 
 def task_chain(pieces: list[str], anchors: list[str], task: Task) -> list[str]:
@@ -362,6 +379,10 @@ def variant_graph(bundle: Bundle, task: Task, variant: str, family: Family | Non
         pass
     return builder.graph(v.route.pieces(family.depth), f"{v.id}{TASK_SEP}{task.name}",
                          doc=f"snrt variant {v.id} with task {task.name}")
+
+
+def _safe(s: str) -> str:
+    return s.replace(">", "-").replace("@", "_").replace(":", "-")
 
 
 def _write(path, model: onnx.ModelProto) -> None:

@@ -84,6 +84,8 @@ class Bundle:
                 info = PieceInfo(**{k: x for k, x in rec.items() if k != "base"})
                 self._pieces[info.id] = info
                 self._graph_owner[info.graph] = info.id
+            for vid, rel in t.graphs.items():  # whole graphs of a variant with the task
+                self._graph_owner[rel] = f"{vid}@{t.name}"
         self._graphs_checked: set[str] = set()
         self._lock = threading.Lock()
 
@@ -281,6 +283,11 @@ class Bundle:
     def piece_path(self, piece_id: str) -> Path:
         """A piece's graph, checked (name, external data) before it is handed out."""
         return self._graph(self.piece(piece_id).graph)
+
+    def task_graph_path(self, task: str, variant: str) -> Path | None:
+        """The whole graph of `variant` with `task`, checked, or None if none was exported."""
+        rel = self.task(task).graphs.get(variant)
+        return None if rel is None else self._graph(rel)
 
     def _graph(self, rel: str) -> Path:
         p = self.file(rel)

@@ -25,7 +25,8 @@ Optional (written only when non-empty, so a bundle without tasks keeps its manif
                   variants the task runs on), weights (graphs/task_<name>.bin, listed in
                   files), pieces ([PieceInfo fields + base]: "ti.block3@faces" replaces
                   "ti.block3", "s.head@faces" replaces the route's head), params, bytes,
-                  accuracy ({variant: {top1, n, ...}}), provenance. See snrt.tuners and
+                  accuracy ({variant: {top1, n, ...}}), provenance, graphs ({variant: one
+                  whole graph of the variant with the task}, optional). See snrt.tuners and
                   snrt.manifest_tasks (its rules).
 
 Digest: `digest` is "sha256:" + the sha256 of the manifest's canonical form: the JSON object
@@ -145,6 +146,7 @@ class TaskInfo:
     bytes: int
     accuracy: dict = field(default_factory=dict)  # variant id -> {"top1", "n", ...}
     provenance: dict = field(default_factory=dict)
+    graphs: dict = field(default_factory=dict)  # variant id -> whole graph (optional)
 
     def chain(self, pieces: list[str], anchors: list[str]) -> list[str]:
         """The piece ids a variant (its frozen chain, its anchors) runs with this task."""

@@ -83,3 +83,11 @@ def validate_tasks(v, tasks: Any, files: dict, space, graphs: dict[str, str]) ->
                 v.fail(f"{fld}.accuracy", f"'{vid}' is not a variant of this family")
             _accuracy(v, acc, f"{fld}.accuracy.{vid}")
         v.obj(t["provenance"], fld + ".provenance")
+        for vid, rel in v.obj(t["graphs"], fld + ".graphs").items():
+            gf = f"{fld}.graphs.{vid}"
+            if vid not in t["variants"]:
+                v.fail(gf, f"'{vid}' is not in {fld}.variants")
+            v.listed(rel, gf, files, ".onnx")
+            if rel in graphs:
+                v.fail(gf, f"'{rel}' is also the graph of {graphs[rel]}")
+            graphs[rel] = gf

@@ -143,3 +143,35 @@ def test_task_errors(rt, setup):
     assert rt.current_task is None or rt.current.id != "b"
     with pytest.raises(snrt.SnrtError, match="onnxruntime backend only"):
         snrt.Runtime(setup[0], backend="tflite", tasks=["faces"])
+
+
+def test_whole_graphs_with_a_task(setup, tmp_path):
+    """snrt-export task --graphs: the graphs placement runs one session per (variant, task);
+    same logits as the reference, and still no session created by switching."""
+    _, refs = setup
+    src = tmp_path / "faces.safetensors"
+    sha = refs["faces"].task.backbone_sha256
+    tensors, meta = random_task(sha, name="faces", tuners=(("adapter", 4), ("prompt", 2)),
+                                tuned={"ti": [0, 2, 4, 5], "s": [6, 7, 9, 11]},
+                                heads=("ti", "s"), variants=["ti", "s", "ti>s@5:6"],
+                                scale=0.15, seed=7)
+    write_task(src, tensors, meta)
+    b = add_task(snrt.default_bundle(), src, out=tmp_path / "w.snrt", graphs="s,ti>s@5:6")
+    (t,) = b.tasks
+    assert sorted(t.graphs) == ["s", "ti>s@5:6"]
+    assert b.task_graph_path("faces", "ti") is None
+    ref = Reference(b.load_family(), read_task_file(src, bundle=b))
+    with snrt.Runtime(b, variants=["ti", "s", "ti>s@5:6"], placement="graphs") as r:
+        n = r._backend.session_count
+        assert len(r._backend._task_whole) == 2  # ti runs as a chain of pieces
+        for vid in ("s", "ti>s@5:6", "ti"):
+            batch, _ = to_batch(SAMPLES[0], b.preprocess)
+            got = r.infer(batch, task="faces", variant=vid)
+            want = ref.route(b.variant(vid), batch)
+            assert float(np.abs(got - want).max()) <= 1e-4
+        for _ in range(10):
+            r.switch("s", task="faces")
+            r.switch("ti>s@5:6", task=False)
+        assert r._backend.session_count == n
+    with pytest.raises(snrt.SnrtError, match="not variants of task"):
+        add_task(snrt.default_bundle(), src, out=tmp_path / "x.snrt", graphs="b")

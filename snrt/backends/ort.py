@@ -124,6 +124,7 @@ class OrtBackend:
         self._pieces: dict[str, _Step] = {}
         self._executors: dict[str, ChainExecutor] = {}
         self._task_executors: dict[tuple[str, str], ChainExecutor] = {}
+        self._task_whole: set[tuple[str, str]] = set()  # task executors of one whole graph
         self._lock = threading.Lock()
 
     def info(self) -> dict:
@@ -159,9 +160,10 @@ class OrtBackend:
             return ex
 
     def load_task(self, variant: VariantInfo, task) -> ChainExecutor:
-        """Make `variant` with `task` (a snrt.manifest.TaskInfo) ready: a chain of piece
-        sessions (the task's tuned blocks and head, the bundle's other pieces, shared with
-        every variant and task that runs them), whatever the placement."""
+        """Make `variant` with `task` (a snrt.manifest.TaskInfo) ready: in the graphs placement
+        the whole graph of the pair when the task has one (snrt-export task --graphs), else a
+        chain of piece sessions (the task's tuned blocks and head, the bundle's other pieces,
+        shared with every variant and task that runs them)."""
         key = (variant.id, task.name)
         ex = self._task_executors.get(key)
         if ex is not None:
@@ -170,7 +172,13 @@ class OrtBackend:
             if key in self._task_executors:
                 return self._task_executors[key]
             steps, fresh = [], []
-            for pid in task.chain(variant.pieces, variant.anchors):
+            whole = self.bundle.task_graph_path(task.name, variant.id) \
+                if self.placement == "graphs" else None
+            if whole is not None:  # one session for the whole variant with the task
+                steps = fresh = [self._step(whole)]
+                self._task_whole.add(key)
+            for pid in [] if whole is not None else task.chain(variant.pieces,
+                                                                 variant.anchors):
                 if pid not in self._pieces:
                     self._pieces[pid] = self._step(self.bundle.piece_path(pid))
                     fresh.append(self._pieces[pid])
@@ -184,7 +192,8 @@ class OrtBackend:
     @property
     def session_count(self) -> int:
         """onnxruntime sessions open now (pieces, and whole graphs in the graphs placement)."""
-        return len(self._pieces) + (len(self._executors) if self.placement == "graphs" else 0)
+        return len(self._pieces) + len(self._task_whole) + (
+            len(self._executors) if self.placement == "graphs" else 0)
 
     @staticmethod
     def _warm(step: _Step, runs: int = 2) -> None:
@@ -200,6 +209,7 @@ class OrtBackend:
             self._executors.pop(variant.id, None)
             for key in [k for k in self._task_executors if k[0] == variant.id]:
                 del self._task_executors[key]
+                self._task_whole.discard(key)
             used = {id(s) for ex in self._task_executors.values() for s in ex.steps}
             if self.placement == "pieces":
                 used |= {id(s) for ex in self._executors.values() for s in ex.steps}
@@ -210,4 +220,5 @@ class OrtBackend:
         with self._lock:
             self._executors.clear()
             self._task_executors.clear()
+            self._task_whole.clear()
             self._pieces.clear()
