@@ -20,8 +20,9 @@ tuners, the patch embedding and stitching layers stay the bundle's own pieces.
 Graph form per kind (the math is in snrt.tuners; exact up to float rounding):
 - adapter: MatMul(h2, down^T) + b, exact-erf GELU, MatMul(., up^T) + b, added to the FFN output;
 - lora: MatMul(MatMul(h1, A^T), B^T) added to qkv's output (B carries alpha / r);
-- prefix: constant K_pre, V_pre [1, H, L, d] expanded to the batch and concatenated after the
-  keys and values of every head, before the softmax;
+- prefix: constant K_pre^T [1, H, d, L], V_pre [1, H, L, d]: the L extra scores q K_pre^T
+  (a broadcast MatMul) are concatenated to the sequence's before the softmax, and the output is
+  att[..., :N] v + att[..., N:] V_pre (no per-batch Expand of the constants);
 - prompt: folded into a prefix at export (K, V = the k, v parts of qkv'(LN1(P)), LoRA included,
   computed in float64): the prompt tokens' own outputs are dropped at the block output, so they
   act on the sequence only as extra keys and values, and the L tokens' FFN is skipped.
@@ -198,20 +199,24 @@ class TaskGraphBuilder(GraphBuilder):
         qkv = g.op("Transpose", [qkv], pre, perm=[2, 0, 3, 1, 4])  # [3, B, H, N, d]
         q, k, v = (g.op("Gather", [qkv, g.const(j, np.int64)], pre, axis=0) for j in range(3))
         extra = self._extra_kv(anchor, i, t)
-        if extra is not None:
-            L = extra[0].shape[0]
-            batch = g.op("Shape", [x], pre, start=0, end=1)
-            shape = g.op("Concat", [batch, g.const([H, L, d], np.int64)], pre, axis=0)
-            kv = []
-            for name, arr in (("kv_extra.key", extra[0]), ("kv_extra.value", extra[1])):
-                arr = arr.reshape(L, H, d).transpose(1, 0, 2)[None]  # [1, H, L, d]
-                kv.append(g.op("Expand", [self._t(g, tk + name, arr), shape], pre))
-            k = g.op("Concat", [k, kv[0]], pre, axis=2)
-            v = g.op("Concat", [v, kv[1]], pre, axis=2)
         q = g.op("Mul", [q, g.const(1.0 / math.sqrt(d))], pre)
-        att = g.op("Softmax", [g.op("MatMul", [q, g.op("Transpose", [k], pre,
-                                                       perm=[0, 1, 3, 2])], pre)], pre, axis=-1)
-        o = g.op("Transpose", [g.op("MatMul", [att, v], pre)], pre, perm=[0, 2, 1, 3])
+        scores = g.op("MatMul", [q, g.op("Transpose", [k], pre, perm=[0, 1, 3, 2])], pre)
+        if extra is None:
+            att = g.op("Softmax", [scores], pre, axis=-1)
+            o = g.op("MatMul", [att, v], pre)
+        else:  # the L extra keys/values are constants: broadcast MatMuls, no batch Expand
+            L, N = extra[0].shape[0], c.seq_len
+            kt = extra[0].reshape(L, H, d).transpose(1, 2, 0)[None]  # [1, H, d, L]
+            vx = extra[1].reshape(L, H, d).transpose(1, 0, 2)[None]  # [1, H, L, d]
+            s_x = g.op("MatMul", [q, self._t(g, tk + "kv_extra.key^T", kt)], pre)
+            att = g.op("Softmax", [g.op("Concat", [scores, s_x], pre, axis=-1)], pre, axis=-1)
+            a_self, a_x = (g.op("Slice", [att, g.const([lo], np.int64), g.const([hi], np.int64),
+                                          g.const([-1], np.int64)], pre)
+                           for lo, hi in ((0, N), (N, N + L)))
+            o = g.op("Add", [g.op("MatMul", [a_self, v], pre),
+                             g.op("MatMul", [a_x, self._t(g, tk + "kv_extra.value", vx)], pre)],
+                     pre)
+        o = g.op("Transpose", [o], pre, perm=[0, 2, 1, 3])
         o = g.op("Reshape", [o, g.const([0, 0, D], np.int64)], pre)
         o = self._linear(g, anchor, b + "attn.proj", o, pre)
         if c.layer_scale:
