@@ -5,6 +5,8 @@
     snrt-export stitch --snnet snnet_deit.safetensors --out deit.snrt
     snrt-export tflite deit.snrt --precisions fp32,int8
     snrt-export info deit.snrt [--expect-digest sha256:...] [--rewrite]
+    snrt-export task deit.snrt --tuners faces.safetensors [--name faces] [--labels labels.txt]
+        [--out copy.snrt]
     snrt-export --list
 """
 
@@ -95,6 +97,27 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--force", action="store_true", help="re-export recorded files")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    k = sub.add_parser(
+        "task", help="add a task (tuners + heads from tools/train_tuners.py) to a bundle",
+        description="Check a task file against the bundle (shapes, backbone hash), export its "
+                    "tuned blocks and heads as ONNX pieces that read the frozen weights from "
+                    "graphs/weights.bin, and record the task in the manifest. The shipped "
+                    "default bundle is read-only: name a copy with --out.")
+    k.add_argument("bundle")
+    k.add_argument("--tuners", required=True, metavar="TASK.safetensors",
+                   help="the task file (tools/train_tuners.py --out)")
+    k.add_argument("--name", help="task name (default: the file's)")
+    k.add_argument("--labels", metavar="TXT", help="class labels, one per line (default: the "
+                                                   "file's)")
+    k.add_argument("--out", metavar="COPY.snrt",
+                   help="copy the bundle here and add the task to the copy")
+    k.add_argument("--force", action="store_true",
+                   help="replace a task of the same name (or an existing --out)")
+    k.add_argument("--graphs", metavar="all|anchors|ID,...",
+                   help="also write one whole graph per variant with the task for these of its "
+                        "variants (the runtime's 'graphs' placement runs them: faster for tiny "
+                        "models; default none: the runtime chains the pieces)")
+
     i = sub.add_parser("info", help="describe a bundle and verify its files",
                        description="Print a bundle's family, variants, files and manifest "
                                    "digest; verify the manifest and every file's sha256. Exits "
@@ -127,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             return _info(args)
         if args.command == "tflite":
             return _tflite(args)
+        if args.command == "task":
+            return _task(args)
     except SnrtError as e:
         log.error("error: %s", e)
         return 1
@@ -238,6 +263,17 @@ def _tflite(args) -> int:
     return 0 if report.ok else 1
 
 
+def _task(args) -> int:
+    from .task_bundle import add_task
+
+    b = add_task(args.bundle, args.tuners, name=args.name, labels=args.labels, out=args.out,
+                 force=args.force, graphs=args.graphs)
+    for t in b.tasks:
+        print(f"{b.path}: task {t.name}: {len(t.labels)} labels, {len(t.pieces)} pieces, "
+              f"{t.bytes / 1e3:.1f} kB, runs on {len(t.variants)} variants")
+    return 0
+
+
 def _info(args) -> int:
     if args.rewrite:
         if args.no_verify:
@@ -260,6 +296,10 @@ def _info(args) -> int:
     for v in b.variants:
         acc = f"{v.top1:.2f}" if v.top1 is not None else "-"
         print(f"  {v.cfg_id:3d}  {v.id:16s} {v.flops / 1e9:8.3f} {v.params / 1e6:8.2f} {acc:>6s}")
+    for t in b.tasks:
+        print(f"  task {t.name}: labels {t.labels[:4]}{'...' if len(t.labels) > 4 else ''}, "
+              f"tuners {[x['kind'] for x in t.tuners]}, {t.params} params, "
+              f"{t.bytes / 1e3:.1f} kB, {len(t.variants)} variants")
     return 0
 
 

@@ -47,6 +47,7 @@ from .manifest import (
     WEIGHTS,
     Manifest,
     PieceInfo,
+    TaskInfo,
     VariantInfo,
     manifest_from_json,
     normalize_digest,
@@ -77,6 +78,14 @@ class Bundle:
         # graph file -> the id its graph must carry (a piece's or a variant's)
         self._graph_owner = {p.graph: p.id for p in manifest.pieces}
         self._graph_owner.update({v.graph: v.id for v in manifest.variants})
+        self._tasks = {t.name: t for t in manifest.tasks}
+        for t in manifest.tasks:  # a task's pieces are pieces like the frozen ones
+            for rec in t.pieces:
+                info = PieceInfo(**{k: x for k, x in rec.items() if k != "base"})
+                self._pieces[info.id] = info
+                self._graph_owner[info.graph] = info.id
+            for vid, rel in t.graphs.items():  # whole graphs of a variant with the task
+                self._graph_owner[rel] = f"{vid}@{t.name}"
         self._graphs_checked: set[str] = set()
         self._lock = threading.Lock()
 
@@ -245,6 +254,18 @@ class Bundle:
             f"unknown variant '{key}' in {self.path.name}; ids look like "
             f"{[v.id for v in self.variants[:4]]} (see Bundle.variants or use a cfg_id)")
 
+    @property
+    def tasks(self) -> list[TaskInfo]:
+        """The tasks recorded in the manifest (snrt-export task), in order."""
+        return self.manifest.tasks
+
+    def task(self, name: str) -> TaskInfo:
+        if name not in self._tasks:
+            raise UnknownVariantError(
+                f"no task '{name}' in {self.path.name}; tasks: "
+                f"{', '.join(self._tasks) or 'none (add one with snrt-export task)'}")
+        return self._tasks[name]
+
     def piece(self, piece_id: str) -> PieceInfo:
         if piece_id not in self._pieces:
             raise BundleError(f"no piece '{piece_id}' in {self.path / MANIFEST}")
@@ -262,6 +283,11 @@ class Bundle:
     def piece_path(self, piece_id: str) -> Path:
         """A piece's graph, checked (name, external data) before it is handed out."""
         return self._graph(self.piece(piece_id).graph)
+
+    def task_graph_path(self, task: str, variant: str) -> Path | None:
+        """The whole graph of `variant` with `task`, checked, or None if none was exported."""
+        rel = self.task(task).graphs.get(variant)
+        return None if rel is None else self._graph(rel)
 
     def _graph(self, rel: str) -> Path:
         p = self.file(rel)

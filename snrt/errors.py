@@ -11,6 +11,14 @@ class ModelFileError(SnrtError, ValueError):
     """A weights or checkpoint file is unreadable, corrupt, or not what snrt expects."""
 
 
+class TaskFileError(ModelFileError):
+    """A task (tuner) file that does not follow the documented format (snrt.tuners)."""
+
+
+class BackboneMismatchError(TaskFileError):
+    """A task file trained on another backbone than the bundle's (its backbone_sha256 differs)."""
+
+
 class UnsupportedModelError(SnrtError, ValueError):
     """The weights describe an architecture snrt cannot export (yet)."""
 

@@ -19,6 +19,16 @@ required (`labels` and `stitch_fit` may be null):
     exports       per-format export settings, e.g. {"tflite": {...}}
     files         path (relative, inside the bundle) -> {sha256, bytes}
 
+Optional (written only when non-empty, so a bundle without tasks keeps its manifest):
+
+    tasks         [TaskInfo]: name, labels, backbone_sha256, tuners, heads, variants (the
+                  variants the task runs on), weights (graphs/task_<name>.bin, listed in
+                  files), pieces ([PieceInfo fields + base]: "ti.block3@faces" replaces
+                  "ti.block3", "s.head@faces" replaces the route's head), params, bytes,
+                  accuracy ({variant: {top1, n, ...}}), provenance, graphs ({variant: one
+                  whole graph of the variant with the task}, optional). See snrt.tuners and
+                  snrt.manifest_tasks (its rules).
+
 Digest: `digest` is "sha256:" + the sha256 of the manifest's canonical form: the JSON object
 without its `digest` field, serialised with sorted keys, no whitespace, UTF-8 (`canonical_json`).
 Opening checks it, so an accidental edit or corruption of manifest.json is caught even though
@@ -120,6 +130,42 @@ class VariantInfo:
         return cls(**d)
 
 
+@dataclass
+class TaskInfo:
+    """A task (tuners + heads on the frozen backbone) recorded in the manifest."""
+
+    name: str
+    labels: list[str]
+    backbone_sha256: str
+    tuners: list[dict]
+    heads: list[str]
+    variants: list[str]
+    weights: str
+    pieces: list[dict]  # PieceInfo fields + "base" (the frozen piece id it replaces)
+    params: int
+    bytes: int
+    accuracy: dict = field(default_factory=dict)  # variant id -> {"top1", "n", ...}
+    provenance: dict = field(default_factory=dict)
+    graphs: dict = field(default_factory=dict)  # variant id -> whole graph (optional)
+
+    def chain(self, pieces: list[str], anchors: list[str]) -> list[str]:
+        """The piece ids a variant (its frozen chain, its anchors) runs with this task."""
+        tuned = {p["base"] for p in self.pieces if p["kind"] == "block"}
+        out = []
+        for pid in pieces:
+            if pid in tuned:
+                out.append(f"{pid}@{self.name}")
+            elif pid.split(".", 1)[1] in ("head", "head_nonorm"):
+                out.append(f"{anchors[-1]}.head@{self.name}")
+            else:
+                out.append(pid)
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict) -> TaskInfo:
+        return cls(**d)
+
+
 _TOP_FIELDS = ("schema", "schema_version", "provenance", "family", "preprocess", "labels",
                "input", "output", "stitch_fit", "variants", "pieces", "tensors", "exports",
                "files")
@@ -139,6 +185,7 @@ class Manifest:
     provenance: dict = field(default_factory=dict)
     stitch_fit: dict | None = None
     exports: dict = field(default_factory=dict)
+    tasks: list[TaskInfo] = field(default_factory=list)
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION  # of the manifest as read; writing uses the current
     digest: str | None = None  # of the manifest as read or last written
@@ -154,6 +201,8 @@ class Manifest:
             "pieces": [vars(p) for p in self.pieces],
             "tensors": self.tensors, "exports": self.exports, "files": self.files,
         }
+        if self.tasks:
+            d["tasks"] = [vars(t) for t in self.tasks]
         d = json.loads(json.dumps(d, allow_nan=False))  # plain JSON values (tuples -> lists)
         d["digest"] = manifest_digest(d)
         return d
@@ -257,7 +306,8 @@ def manifest_from_json(d: Any, where: str = MANIFEST, *,
         pieces=[PieceInfo.from_json(x) for x in d["pieces"]],
         files=d["files"], tensors=d["tensors"], labels=d["labels"],
         provenance=d["provenance"], stitch_fit=d["stitch_fit"], exports=d["exports"],
-        schema=d["schema"], schema_version=ver, digest=computed)
+        tasks=[TaskInfo.from_json(x) for x in d.get("tasks", [])], schema=d["schema"],
+        schema_version=ver, digest=computed)
 
 
 def write_manifest(path, manifest: Manifest) -> str:

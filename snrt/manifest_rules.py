@@ -154,7 +154,8 @@ _MANIFEST_FIELDS_V2 = _TOP_FIELDS + ("digest",)
 
 
 def _validate(v: _Checker, d: dict, ver: int) -> None:
-    v.record(d, "manifest", _MANIFEST_FIELDS_V2 if ver >= 2 else _MANIFEST_FIELDS_V1)
+    fields = _MANIFEST_FIELDS_V2 if ver >= 2 else _MANIFEST_FIELDS_V1
+    v.record(d, "manifest", fields + (("tasks",) if ver >= 2 and "tasks" in d else ()))
     files = _files(v, d["files"])
     v.obj(d["provenance"], "provenance")
     v.obj(d["stitch_fit"], "stitch_fit", null=True)
@@ -186,6 +187,10 @@ def _validate(v: _Checker, d: dict, ver: int) -> None:
                    f"{graphs[x['graph']]}; every piece and variant has its own graph")
         graphs[x["graph"]] = f"variants[{i}]"
     _tensors(v, d["tensors"], files, space)
+    if "tasks" in d:
+        from .manifest_tasks import validate_tasks
+
+        validate_tasks(v, d["tasks"], files, space, graphs)
 
 
 def _files(v: _Checker, files: Any) -> dict:

@@ -5,10 +5,27 @@
     rt.switch("ti>s@7:7")     # or an SN-Net cfg_id
     logits = rt.infer(image)  # PIL image, path, uint8 array, preprocessed float array, or a list
 
-Concurrency: `infer()` reads the active (variant, executor) pair once, as one reference, so a
-call in flight finishes on the variant it started with even if `switch()` runs meanwhile;
-`switch()` replaces that reference under a lock. Calls from several threads are safe (each
-onnxruntime session is safe to run concurrently).
+Tasks (snrt-export task; snrt.tuners): a bundle may carry tasks, tuners and heads on the
+frozen backbone. Every task the bundle records is ready at start, for every ready variant it
+was trained for (onnxruntime backend), so switching task, like switching variant, is a
+reference swap that creates no session:
+
+    rt.tasks                           # TaskInfo: name, labels, variants, accuracy per variant
+    rt.classify(img, task="faces")     # this call only; the active variant runs the faces
+                                       # tuners and head
+    rt.switch(task="faces")            # the active task (the variant stays); task=False goes
+                                       # back to the backbone's own head; rt.switch("s") keeps
+                                       # the active task
+    rt.run(img).task, rt.run(img).variant    # which task and variant produced the logits
+
+`task=None` (the default everywhere) means the active task, `task=False` the backbone's own
+head, as `variant=None` means the active variant.
+
+Concurrency: `infer()` reads the active (variant, task, executor) triple once, as one
+reference, so a call in flight finishes on the variant and task it started with even if
+`switch()` runs meanwhile; `switch()` replaces that reference under a lock. Calls from several
+threads are safe (each onnxruntime session is safe to run concurrently; per-call `variant=` and
+`task=` touch no shared state).
 """
 
 from __future__ import annotations
@@ -38,6 +55,8 @@ class SwitchEvent:
     to_id: str
     reason: str
     switch_ms: float  # time spent inside switch()
+    from_task: str | None = None  # None: the backbone's own head
+    to_task: str | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +66,7 @@ class FrameRecord:
     latency_ms: float  # inference only (after preprocessing)
     total_ms: float  # preprocessing + inference
     batch: int
+    task: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +75,8 @@ class Result:
     variant: VariantInfo
     latency_ms: float
     total_ms: float
+    task: str | None = None  # the task whose tuners and head ran; None: the backbone's head
+    labels: list[str] | None = None  # of the head that produced the logits
 
 
 def _percentiles(xs: list[float]) -> dict:
@@ -81,7 +103,8 @@ class Runtime:
                  threads: int = 1, variants: list[str | int] | None = None,
                  initial: str | int | None = None, lazy: bool = False,
                  controller=None, verify: bool | str = True, history: int = 4096,
-                 expected_digest: str | None = None, **backend_options):
+                 expected_digest: str | None = None, tasks: list[str] | None = None,
+                 **backend_options):
         """
         bundle: a bundle directory or an open Bundle.
         backend: "onnxruntime" or "tflite" (see snrt.backends).
@@ -95,6 +118,8 @@ class Runtime:
         history: per-call records kept for stats().
         expected_digest: the manifest digest the bundle must have ("sha256:<hex>", printed by
             `snrt-export info`); pins the exact bundle (every file, with verify=True).
+        tasks: names of the bundle's tasks to keep ready (default: all, with the onnxruntime
+            backend; none with tflite, which cannot run them yet).
         """
         if isinstance(bundle, Bundle):
             self.bundle = bundle
@@ -109,6 +134,9 @@ class Runtime:
             keep = [v for v in keep if prec in v.exports.get("tflite", {})] or keep
         if not keep:
             raise SnrtError("Runtime needs at least one variant")
+        if tasks is not None and backend != "onnxruntime":
+            raise SnrtError(f"tasks run on the onnxruntime backend only (got backend "
+                            f"'{backend}'); drop tasks= or use backend='onnxruntime'")
         self._ready_set = {v.id: v for v in keep}
         self._backend = create_backend(backend, self.bundle, threads=threads, variants=keep,
                                        **backend_options)
@@ -121,12 +149,22 @@ class Runtime:
         self._n_frames = 0
         self._n_errors = 0
         self._closed = False
+        names = [t.name for t in self.bundle.tasks] if tasks is None else list(tasks)
+        self._tasks = {n: self.bundle.task(n) for n in names} if backend == "onnxruntime" \
+            else {}
+        self._task_ex: dict[tuple[str, str], object] = {}
         t0 = time.monotonic()
         if not lazy:
             for v in keep:
                 self._backend.load(v)
+            for t in self._tasks.values():
+                for vid in t.variants:
+                    if vid in self._ready_set:
+                        self._executor(self._ready_set[vid], t.name)
         first = self.bundle.variant(initial) if initial is not None else _default_initial(keep)
-        self._active: tuple[VariantInfo, object] = (first, self._executor(first))
+        # (variant, executor, task): one reference, read once per call
+        self._active: tuple[VariantInfo, object, str | None] = (first, self._executor(first),
+                                                                None)
         self.load_seconds = time.monotonic() - t0
         log.debug("runtime ready: %d variants on %s in %.2fs, active %s", len(keep), backend,
                  self.load_seconds, first.id)
@@ -144,24 +182,62 @@ class Runtime:
     def current(self) -> VariantInfo:
         return self._active[0]
 
-    def _executor(self, v: VariantInfo):
+    @property
+    def current_task(self) -> str | None:
+        """The active task's name, or None (the backbone's own head)."""
+        return self._active[2]
+
+    @property
+    def tasks(self) -> list:
+        """The tasks this runtime can run (snrt.manifest.TaskInfo: name, labels, variants,
+        accuracy per variant, params, bytes)."""
+        return list(self._tasks.values())
+
+    def _task_name(self, task) -> str | None:
+        """None -> the active task; False -> None (the backbone's head); a name, checked."""
+        if task is None:
+            return self._active[2]
+        if task is False:
+            return None
+        if not isinstance(task, str) or task not in self._tasks:
+            known = ", ".join(self._tasks) or "none"
+            raise SnrtError(f"unknown task {task!r}; this runtime's tasks: {known} (add one "
+                            "with snrt-export task)")
+        return task
+
+    def _executor(self, v: VariantInfo, task: str | None = None):
         if v.id not in self._ready_set:
             raise SnrtError(f"variant '{v.id}' is in the bundle but not in this runtime's "
                             f"ready set; pass it in Runtime(variants=...)")
-        return self._backend.load(v)
+        if task is None:
+            return self._backend.load(v)
+        ex = self._task_ex.get((v.id, task))  # a dict read: no lock on the per-call path
+        if ex is None:
+            t = self._tasks[task]
+            if v.id not in t.variants:
+                raise SnrtError(f"task '{task}' was not trained for variant '{v.id}'; it runs "
+                                f"on {len(t.variants)} variants: {t.variants[:6]}"
+                                f"{'...' if len(t.variants) > 6 else ''}")
+            ex = self._backend.load_task(v, t)
+            self._task_ex[(v.id, task)] = ex
+        return ex
 
-    def switch(self, key: str | int, reason: str = "manual") -> VariantInfo:
-        """Make `key` (id or cfg_id) the active variant. Atomic; in-flight calls finish on the
-        variant they started with. Cheap (a reference swap) when the variant is ready."""
+    def switch(self, key: str | int | None = None, reason: str = "manual", *,
+               task: str | bool | None = None) -> VariantInfo:
+        """Make `key` (id or cfg_id; None: keep the active one) the active variant and `task`
+        (a name; None: keep the active task; False: the backbone's own head) the active task.
+        Atomic; in-flight calls finish on what they started with. Cheap (a reference swap)
+        when the pair is ready."""
         self._check_open()
         t0 = time.perf_counter()
-        v = self.bundle.variant(key)
-        ex = self._executor(v)  # loads it first if the runtime is lazy
+        v = self._active[0] if key is None else self.bundle.variant(key)
+        name = self._task_name(task)
+        ex = self._executor(v, name)  # loads it first if the runtime is lazy
         with self._lock:
-            old = self._active[0]
-            self._active = (v, ex)
-        ev = SwitchEvent(time.monotonic(), old.id, v.id, reason,
-                         (time.perf_counter() - t0) * 1e3)
+            old_v, _, old_t = self._active
+            self._active = (v, ex, name)
+        ev = SwitchEvent(time.monotonic(), old_v.id, v.id, reason,
+                         (time.perf_counter() - t0) * 1e3, old_t, name)
         self._switches.append(ev)
         for cb in list(self._listeners):
             try:
@@ -175,12 +251,18 @@ class Runtime:
         self._listeners.append(callback)
 
     # -- inference ---------------------------------------------------------------------------
-    def run(self, x, *, variant: str | int | None = None) -> Result:
-        """Like infer(), but returns a Result with the variant that produced the logits and
-        the latency of this call."""
+    def run(self, x, *, variant: str | int | None = None,
+            task: str | bool | None = None) -> Result:
+        """Like infer(), but returns a Result with the variant and task that produced the
+        logits and the latency of this call."""
         self._check_open()
         t0 = time.perf_counter()
-        v, ex = self._active if variant is None else self._pinned(variant)
+        if variant is None and task is None:
+            v, ex, name = self._active
+        else:
+            v = self._active[0] if variant is None else self.bundle.variant(variant)
+            name = self._task_name(task)
+            ex = self._executor(v, name)
         try:
             batch, batched = to_batch(x, self.bundle.preprocess)
         except InputError:
@@ -197,35 +279,39 @@ class Runtime:
                 f"variant {v.id} gave NaN or infinite logits for this input (its values span "
                 f"{float(batch.min()):.3g} to {float(batch.max()):.3g}; a preprocessed image "
                 "is normalised, within a few units of 0)")
-        rec = FrameRecord(time.monotonic(), v.id, (t2 - t1) * 1e3, (t2 - t0) * 1e3, len(batch))
+        rec = FrameRecord(time.monotonic(), v.id, (t2 - t1) * 1e3, (t2 - t0) * 1e3, len(batch),
+                          name)
         self._frames.append(rec)
         self._n_frames += 1
         ctl = self.controller
         if ctl is not None:
             ctl.observe(self, rec)
-        return Result(out if batched else out[0], v, rec.latency_ms, rec.total_ms)
+        labels = self._tasks[name].labels if name is not None else self.bundle.labels
+        return Result(out if batched else out[0], v, rec.latency_ms, rec.total_ms, name,
+                      labels)
 
-    def infer(self, x, *, variant: str | int | None = None) -> np.ndarray:
+    def infer(self, x, *, variant: str | int | None = None,
+              task: str | bool | None = None) -> np.ndarray:
         """Logits for one input ([classes]) or a batch ([B, classes]).
 
         x: PIL image, image path, uint8 HxW(xC) array, preprocessed float CxHxW array, a 4-D
-        float batch, or a list of those. `variant` runs a specific variant for this call only.
+        float batch, or a list of those. `variant` / `task` run a specific variant / task for
+        this call only (task=False: the backbone's own head).
         """
-        return self.run(x, variant=variant).logits
+        return self.run(x, variant=variant, task=task).logits
 
-    def _pinned(self, key):
-        v = self.bundle.variant(key)
-        return v, self._executor(v)
-
-    def classify(self, x, k: int = 5) -> list[tuple[str, float]]:
-        """Top-k (label, probability) for one input, labels from the bundle when it has them."""
-        logits = self.infer(x)
+    def classify(self, x, k: int = 5, *, variant: str | int | None = None,
+                 task: str | bool | None = None) -> list[tuple[str, float]]:
+        """Top-k (label, probability) for one input, labels from the task or the bundle when
+        they are known."""
+        res = self.run(x, variant=variant, task=task)
+        logits = res.logits
         if logits.ndim != 1:
             raise InputError("classify() takes one input; use infer() for batches")
         p = np.exp(logits - logits.max())
         p /= p.sum()
         top = np.argsort(-p)[:k]
-        labels = self.bundle.labels
+        labels = res.labels
         return [(labels[i] if labels else str(i), float(p[i])) for i in top]
 
     # -- control -----------------------------------------------------------------------------
@@ -255,7 +341,7 @@ class Runtime:
             per.setdefault(f.variant, []).append(f.latency_ms)
         sw = list(self._switches)
         return {
-            "current": self.current.id,
+            "current": self.current.id, "current_task": self.current_task,
             "backend": self._backend.info(),
             "frames": self._n_frames, "input_errors": self._n_errors,
             "latency_ms": _percentiles([f.latency_ms for f in frames]),

@@ -182,10 +182,14 @@ def write_report(summaries: list[dict], bundle, path: Path, command: str, timing
     lines.append(f"(tuner params column for a {n_cls}-class head: "
                  f"`{summaries[0]['task']}`.)")
     lines += ["", "## For the exporter and the runtime", "",
-              "- A task file (`<out-dir>/<task>.safetensors`) is read with "
-              "`tools/tuners_torch.read_task_file` (keys and shapes checked; the format is in "
-              "that module's docstring). Bind it to the backbone by `backbone_sha256` (a "
-              "retrained family invalidates every task: rerun this study).",
+              "- A task file (`<out-dir>/<task>.safetensors`) is read at run time, numpy only, "
+              "with `snrt.tuners.read_task_file(path, bundle=...)` (every key, shape and "
+              "metadata field checked: `TaskFileError` names the block and the expected shape; "
+              "the tensor names are in the docstrings of `snrt/tuners.py` and "
+              "`tools/tuners_torch.py`). It is bound to the backbone by `backbone_sha256` "
+              "(`snrt.tuners.backbone_sha256`, rebuilt from the bundle's weights.bin): a task "
+              "on another backbone raises `BackboneMismatchError` (a retrained family "
+              "invalidates every task: rerun this study).",
               "- A tuned block is a drop-in piece: input and output [B, 1+N, D] like the frozen "
               "block (prompts are dropped at the block's output), so stitches, untuned blocks and "
               "other tasks' pieces compose with it. Embedding and stitching layers are never "

@@ -76,7 +76,6 @@ the expected shape when one is wrong.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -88,13 +87,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from snrt.errors import TaskFileError  # one error class for the tool and the run-time reader
+
 KINDS = ("adapter", "lora", "prefix", "prompt")
 FORMAT = 1
 HEAD_EPS = 1e-6
-
-
-class TaskFileError(ValueError):
-    """A task file or tuner spec that does not follow the documented format."""
 
 
 # ----------------------------------------------------------------------------- specs
@@ -495,22 +492,11 @@ def read_task_file(path: str | Path) -> tuple[dict[str, np.ndarray], dict, dict]
 
 
 def backbone_sha256(family) -> str:
-    """Content hash of a numpy `snrt.family.Family`'s frozen weights (layout-independent):
-    sha256 over, for each anchor in order then each stitching layer, `name key shape` and the
-    float32 little-endian bytes, keys sorted."""
-    h = hashlib.sha256()
-    for a in family.anchors:
-        for k in sorted(a.weights):
-            arr = np.ascontiguousarray(a.weights[k], dtype="<f4")
-            h.update(f"{a.name} {k} {list(arr.shape)}\n".encode())
-            h.update(arr.tobytes())
-    for (f, e), layers in sorted(family.stitch_layers.items()):
-        for t, layer in enumerate(layers):
-            for k, arr in (("weight", layer.weight), ("bias", layer.bias)):
-                arr = np.ascontiguousarray(arr, dtype="<f4")
-                h.update(f"{f}>{e}.{t}.{k} {list(arr.shape)}\n".encode())
-                h.update(arr.tobytes())
-    return h.hexdigest()
+    """Content hash of a numpy `snrt.family.Family`'s frozen weights; the run-time reader's
+    function (`snrt.tuners.backbone_sha256`), so the tool and the reader cannot drift."""
+    from snrt.tuners import backbone_sha256 as sha
+
+    return sha(family)
 
 
 # ----------------------------------------------------------------------------- backbone + task

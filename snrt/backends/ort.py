@@ -123,12 +123,13 @@ class OrtBackend:
         self.placement = placement
         self._pieces: dict[str, _Step] = {}
         self._executors: dict[str, ChainExecutor] = {}
+        self._task_executors: dict[tuple[str, str], ChainExecutor] = {}
+        self._task_whole: set[tuple[str, str]] = set()  # task executors of one whole graph
         self._lock = threading.Lock()
 
     def info(self) -> dict:
         return {"backend": self.name, "version": ort.__version__, "placement": self.placement,
-                "threads": self.threads, "sessions": len(self._pieces) + (
-                    len(self._executors) if self.placement == "graphs" else 0)}
+                "threads": self.threads, "sessions": self.session_count}
 
     def _step(self, path) -> _Step:
         s = open_session(path, self.threads, self.shared_arena)
@@ -158,6 +159,42 @@ class OrtBackend:
             self._executors[variant.id] = ex
             return ex
 
+    def load_task(self, variant: VariantInfo, task) -> ChainExecutor:
+        """Make `variant` with `task` (a snrt.manifest.TaskInfo) ready: in the graphs placement
+        the whole graph of the pair when the task has one (snrt-export task --graphs), else a
+        chain of piece sessions (the task's tuned blocks and head, the bundle's other pieces,
+        shared with every variant and task that runs them)."""
+        key = (variant.id, task.name)
+        ex = self._task_executors.get(key)
+        if ex is not None:
+            return ex
+        with self._lock:
+            if key in self._task_executors:
+                return self._task_executors[key]
+            steps, fresh = [], []
+            whole = self.bundle.task_graph_path(task.name, variant.id) \
+                if self.placement == "graphs" else None
+            if whole is not None:  # one session for the whole variant with the task
+                steps = fresh = [self._step(whole)]
+                self._task_whole.add(key)
+            for pid in [] if whole is not None else task.chain(variant.pieces,
+                                                                 variant.anchors):
+                if pid not in self._pieces:
+                    self._pieces[pid] = self._step(self.bundle.piece_path(pid))
+                    fresh.append(self._pieces[pid])
+                steps.append(self._pieces[pid])
+            for step in fresh:
+                self._warm(step)
+            ex = ChainExecutor(variant, steps)
+            self._task_executors[key] = ex
+            return ex
+
+    @property
+    def session_count(self) -> int:
+        """onnxruntime sessions open now (pieces, and whole graphs in the graphs placement)."""
+        return len(self._pieces) + len(self._task_whole) + (
+            len(self._executors) if self.placement == "graphs" else 0)
+
     @staticmethod
     def _warm(step: _Step, runs: int = 2) -> None:
         shape = [1 if not isinstance(d, int) else d for d in step.session.get_inputs()[0].shape]
@@ -170,12 +207,18 @@ class OrtBackend:
         keep their references and finish normally."""
         with self._lock:
             self._executors.pop(variant.id, None)
+            for key in [k for k in self._task_executors if k[0] == variant.id]:
+                del self._task_executors[key]
+                self._task_whole.discard(key)
+            used = {id(s) for ex in self._task_executors.values() for s in ex.steps}
             if self.placement == "pieces":
-                used = {p for ex in self._executors.values() for p in ex.variant.pieces}
-                for pid in [p for p in self._pieces if p not in used]:
-                    del self._pieces[pid]
+                used |= {id(s) for ex in self._executors.values() for s in ex.steps}
+            for pid in [p for p, s in self._pieces.items() if id(s) not in used]:
+                del self._pieces[pid]
 
     def close(self) -> None:
         with self._lock:
             self._executors.clear()
+            self._task_executors.clear()
+            self._task_whole.clear()
             self._pieces.clear()
