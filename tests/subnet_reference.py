@@ -11,11 +11,12 @@ from timm.models.vision_transformer import VisionTransformer
 HEAD_DIM = 64
 
 
-def make_supernet(embed=256, depth=6, img=32, patch=8, classes=10, seed=0, layer_scale=False):
+def make_supernet(embed=256, depth=6, img=32, patch=8, classes=10, seed=0, layer_scale=False,
+                  head_dim=HEAD_DIM):
     """A random timm ViT supernet (state dict of float32 numpy arrays, timm keys)."""
     torch.manual_seed(seed)
     m = VisionTransformer(img_size=img, patch_size=patch, embed_dim=embed, depth=depth,
-                          num_heads=embed // HEAD_DIM, mlp_ratio=4.0, num_classes=classes,
+                          num_heads=embed // head_dim, mlp_ratio=4.0, num_classes=classes,
                           qkv_bias=True, init_values=1e-1 if layer_scale else None)
     sd = {k: v.detach().numpy().copy() for k, v in m.state_dict().items()}
     rng = np.random.default_rng(seed)
@@ -36,7 +37,7 @@ def _vit(img, patch, width, depth, heads, hidden, classes, layer_scale):
     return m.eval()
 
 
-def poa_reference(sd, width, depth, img, patch, classes):
+def poa_reference(sd, width, depth, img, patch, classes, head_dim=HEAD_DIM):
     """POA: blocks linspace(0, L-1, d); first `width` channels; weights of qkv/proj/fc1/fc2
     times D/width (fc2: H/H_w), biases not; head sliced, not scaled."""
     D = sd["patch_embed.proj.weight"].shape[0]
@@ -70,7 +71,7 @@ def poa_reference(sd, width, depth, img, patch, classes):
         for g in ("ls1.gamma", "ls2.gamma"):
             if p + g in t:
                 out[q + g] = t[p + g][:width]
-    m = _vit(img, patch, width, depth, width // HEAD_DIM, hid, classes if "head.weight" in t
+    m = _vit(img, patch, width, depth, width // head_dim, hid, classes if "head.weight" in t
              else 0, "blocks.0.ls1.gamma" in t)
     m.load_state_dict(out)
     return m

@@ -115,6 +115,9 @@ class OrtBackend:
         self.threads = max(1, int(threads))
         self.shared_arena = shared_arena
         planned = variants if variants is not None else bundle.variants
+        if any(v.graph is None for v in planned) or \
+                bundle.open_membership:
+            placement = "pieces"  # routes of pieces only (e.g. elastic subnets)
         if placement == "auto":
             graph_bytes = sum(v.params for v in planned) * 4
             placement = "graphs" if graph_bytes <= AUTO_GRAPHS_MAX_BYTES else "pieces"
