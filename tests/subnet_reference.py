@@ -9,6 +9,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 HEAD_DIM = 64
+torch.set_num_threads(1)  # tiny models: threads only contend on a shared machine
 
 
 def make_supernet(embed=256, depth=6, img=32, patch=8, classes=10, seed=0, layer_scale=False,
@@ -31,7 +32,8 @@ def make_supernet(embed=256, depth=6, img=32, patch=8, classes=10, seed=0, layer
 def _vit(img, patch, width, depth, heads, hidden, classes, layer_scale):
     m = VisionTransformer(img_size=img, patch_size=patch, embed_dim=width, depth=depth,
                           num_heads=heads, mlp_ratio=hidden / width, num_classes=classes,
-                          qkv_bias=True, init_values=1e-1 if layer_scale else None)
+                          qkv_bias=True, init_values=1e-1 if layer_scale else None,
+                          weight_init="skip")  # every weight is loaded from the supernet
     for b in m.blocks:
         b.attn.fused_attn = False  # fvcore counts the two matmuls
     return m.eval()
