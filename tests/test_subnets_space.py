@@ -118,3 +118,26 @@ def test_poa_teacher_keys_map_like_extract_elastic_net(sd):
     bad = {k: v for k, v in teacher.items() if "backbone.norm.norm" not in k}
     with pytest.raises(SnrtError, match="norm.weight"):
         supernet_from_state_dict(bad)
+
+
+def test_poa_pth_checkpoint_read_with_weights_only(sd, tmp_path):
+    """A POA training checkpoint ({'teacher': ..., 'student': ...}, chunked blocks, dynamic
+    layer names) read with torch.load(weights_only=True); the student is ignored."""
+    from snrt.family.supernet import load_supernet
+
+    teacher = {}
+    for k, v in sd.items():
+        k2 = k
+        if k.startswith("blocks."):
+            i = int(k.split(".")[1])
+            k2 = k.replace(f"blocks.{i}.", f"blocks.{i // 2}.{i}.", 1)
+            for lin in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):
+                k2 = k2.replace(f"{lin}.", f"{lin}.linear.")
+        teacher["backbone." + k2] = torch.from_numpy(v)
+    path = tmp_path / "poa.pth"
+    torch.save({"teacher": teacher, "student": {"backbone.cls_token": torch.zeros(1)},
+                "iteration": 3}, path)
+    net = load_supernet(path)
+    assert sorted(net.weights) == sorted(sd)
+    assert all(np.array_equal(net.weights[k], sd[k]) for k in sd)
+    assert net.config.num_classes == 10 and net.has_head

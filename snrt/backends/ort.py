@@ -57,8 +57,11 @@ def _ensure_env_arena() -> bool:
         return bool(_env_arena)
 
 
-def session_options(threads: int, shared_arena: bool = True) -> ort.SessionOptions:
+def session_options(threads: int, shared_arena: bool = True,
+                    prepack: bool = True) -> ort.SessionOptions:
     so = ort.SessionOptions()
+    if not prepack:  # use the (mmapped, shared) weights as stored: less memory, slower GEMM
+        so.add_session_config_entry("session.disable_prepacking", "1")
     if shared_arena and _ensure_env_arena():
         so.add_session_config_entry("session.use_env_allocators", "1")
     so.intra_op_num_threads = max(1, int(threads))
@@ -69,9 +72,10 @@ def session_options(threads: int, shared_arena: bool = True) -> ort.SessionOptio
     return so
 
 
-def open_session(path, threads: int, shared_arena: bool = True) -> ort.InferenceSession:
+def open_session(path, threads: int, shared_arena: bool = True,
+                 prepack: bool = True) -> ort.InferenceSession:
     try:
-        return ort.InferenceSession(str(path), session_options(threads, shared_arena),
+        return ort.InferenceSession(str(path), session_options(threads, shared_arena, prepack),
                                     providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - onnxruntime raises several types here
         raise BundleError(f"{path}: onnxruntime cannot load it ({type(e).__name__}: "
@@ -105,7 +109,7 @@ class OrtBackend:
 
     def __init__(self, bundle: Bundle, *, threads: int = 1, placement: str = "auto",
                  variants: list[VariantInfo] | None = None, precision: str = "fp32",
-                 shared_arena: bool = True):
+                 shared_arena: bool = True, prepack: bool = True):
         if placement not in PLACEMENTS:
             raise SnrtError(f"unknown placement '{placement}'; choose from {PLACEMENTS}")
         if precision != "fp32":
@@ -114,6 +118,7 @@ class OrtBackend:
         self.bundle = bundle
         self.threads = max(1, int(threads))
         self.shared_arena = shared_arena
+        self.prepack = prepack  # False: every session reads the shared stored weights
         planned = variants if variants is not None else bundle.variants
         if any(v.graph is None for v in planned) or \
                 bundle.open_membership:
@@ -134,7 +139,7 @@ class OrtBackend:
                     len(self._executors) if self.placement == "graphs" else 0)}
 
     def _step(self, path) -> _Step:
-        s = open_session(path, self.threads, self.shared_arena)
+        s = open_session(path, self.threads, self.shared_arena, self.prepack)
         return _Step(s, s.get_inputs()[0].name, s.get_outputs()[0].name)
 
     def load(self, variant: VariantInfo) -> ChainExecutor:
