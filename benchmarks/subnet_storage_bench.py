@@ -6,8 +6,10 @@ built-in UFO space, 200 sampled subnets listed; 1 thread. Rows:
 - storage: the bundle (pieces + one weights.bin) vs naive one self-contained graph per listed
   subnet (sum of their weight bytes);
 - RSS growth (fresh process per row) with N subnets run once (their pieces ready), and with
-  every piece ready (9 covering subnets: all 12 x 9 block pieces), prepacking on (onnxruntime's
-  default: each piece session packs its own copy) and off (sessions read the stored weights);
+  every piece ready (9 covering subnets: all 12 x 9 block pieces), in three operating points
+  (MODES: onnxruntime options of the runtime): default (each piece session loads its slices
+  and packs them), fast (sessions' weights are OrtValues over one mmap of weights.bin, packed
+  per session), shared (the same, no prepacking: one copy of the weights for every session);
 - latency: a subnet's median through the runtime's piece chain vs the same subnet's standalone
   graph (snrt-export subnets --standalone) in a bare InferenceSession; switching to a subnet
   never run before whose pieces are ready, and its first frame vs its steady median.
@@ -67,7 +69,7 @@ space = b._space
 ids = {ids!r}
 x = np.zeros((1, 3, 224, 224), np.float32)
 r0 = rss()
-rt = snrt.Runtime(b, lazy=True, threads=1, prepack={prepack!r})
+rt = snrt.Runtime(b, lazy=True, threads=1, **{opts!r})
 t0 = time.perf_counter()
 for sid in ids:
     rt.infer(x, variant=sid)
@@ -76,9 +78,15 @@ print(json.dumps({{"rss": rss() - r0, "pieces": rt.stats()["backend"]["sessions"
 """
 
 
-def child_rss(bundle: Path, ids: list[str], prepack: bool) -> dict:
+# onnxruntime backend options of the operating points
+MODES = {"default": {"prepack": True, "share_weights": False},  # each session loads + packs
+         "fast": {"prepack": True, "share_weights": True},  # shared mmap, packed per session
+         "shared": {"prepack": False, "share_weights": True}}  # one copy for every session
+
+
+def child_rss(bundle: Path, ids: list[str], opts: dict) -> dict:
     code = CHILD.format(root=str(Path(__file__).resolve().parents[1]), bundle=str(bundle),
-                        ids=ids, prepack=prepack)
+                        ids=ids, opts=opts)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -91,7 +99,7 @@ def covering(space) -> list[str]:
             for h in t["heads_codes"].values() for m in t["mlp_codes"].values()]
 
 
-def latency(bundle: Path, weights: Path, runs: int, prepack: bool) -> dict:
+def latency(bundle: Path, weights: Path, runs: int, opts: dict) -> dict:
     import onnxruntime as ort
 
     import snrt
@@ -109,7 +117,7 @@ def latency(bundle: Path, weights: Path, runs: int, prepack: bool) -> dict:
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
     bare = ort.InferenceSession(str(sa), so, providers=["CPUExecutionProvider"])
-    rt = snrt.Runtime(b, lazy=True, threads=1, prepack=prepack)
+    rt = snrt.Runtime(b, lazy=True, threads=1, **opts)
     for s in covering(space):  # every piece ready
         rt.infer(x, variant=s)
     for _ in range(2):
@@ -172,16 +180,16 @@ def main() -> int:
     space = b._space
     listed = [v.id for v in b.variants]
     rows = []
-    for prepack in (True, False):
+    for mode, opts in MODES.items():
         for label, ids in (("1 subnet", listed[:1]), ("10 subnets", listed[:10]),
                            ("every piece (9 covering subnets)", covering(space))):
-            r = child_rss(bundle, ids, prepack)
-            rows.append({"ready": label, "prepack": prepack, "piece sessions": r["pieces"],
+            r = child_rss(bundle, ids, opts)
+            rows.append({"ready": label, "mode": mode, "piece sessions": r["pieces"],
                          "RSS growth MB": r["rss"] / 1e6, "/ supernet bytes": r["rss"] / supernet,
                          "load s": r["load_s"]})
     print(table(rows))
     if not args.no_latency:
-        lat = [dict(prepack=p, **latency(bundle, w, args.runs, p)) for p in (True, False)]
+        lat = [dict(mode=m, **latency(bundle, w, args.runs, MODES[m])) for m in ("fast", "shared")]
         print(table(lat))
     return 0
 

@@ -218,3 +218,17 @@ def test_flags_override_the_builtin_poa_space(tmp_path):
                                                          "w256d6"]
     with pytest.raises(SubnetConfigError, match=r"allowed widths: \[128, 256\]"):
         Bundle.open(out).variant("w192d5")
+
+
+@pytest.mark.parametrize("prepack", [True, False])
+def test_shared_weights_mode_matches_pytorch(ufo, poa, prepack):
+    """share_weights: every session's tensors are views of one mmap of weights.bin."""
+    sd, out, _, _ = ufo
+    rt = snrt.Runtime(out, lazy=True, share_weights=True, prepack=prepack)
+    x = _x()
+    for sid in rt.bundle._space.sample(4, seed=21):
+        assert np.abs(rt.infer(x, variant=sid) - _ufo_ref(sd, rt, sid, x)).max() <= TOL
+    sd, out, _, _ = poa
+    rt = snrt.Runtime(out, lazy=True, share_weights=True, prepack=prepack)
+    for sid in ("w96d3", "w256d8"):
+        assert np.abs(rt.infer(x, variant=sid) - _poa_ref(sd, sid, x)).max() <= TOL
