@@ -259,7 +259,9 @@ class SubnetSpace:
         if isinstance(key, str) and key in self._by_id:
             return self._by_id[key]
         s = self.subnet(key)
-        return SubnetVariant(s.id, s, self.flops(s), self.params(s))
+        pieces = s.pieces()
+        return SubnetVariant(s.id, s, sum(self.piece_flops(p) for p in pieces),
+                             sum(self.piece_params(p) for p in pieces))
 
     def add_listed(self, ids: list[str]) -> None:
         for sid in ids:
@@ -350,7 +352,8 @@ class SubnetSpace:
     def variant_record(self, key) -> dict:
         v = self.get(key)
         return {"id": v.id, "anchors": [SUPERNET], "stitches": [],
-                "pieces": self.piece_ids(v.id), "flops": v.flops, "params": v.params}
+                "pieces": [p.id for p in v.subnet.pieces()], "flops": v.flops,
+                "params": v.params}
 
     def piece_records(self) -> dict[str, dict]:
         return {p.id: {"kind": p.kind, "anchor": SUPERNET, "flops": self.piece_flops(p),
