@@ -232,3 +232,29 @@ def test_shared_weights_mode_matches_pytorch(ufo, poa, prepack):
     rt = snrt.Runtime(out, lazy=True, share_weights=True, prepack=prepack)
     for sid in ("w96d3", "w256d8"):
         assert np.abs(rt.infer(x, variant=sid) - _poa_ref(sd, sid, x)).max() <= TOL
+
+
+def test_poa_slice_and_scale_fold_when_a_piece_loads(poa, tmp_path):
+    """POA's column slice and D/W scale are in-graph Slice/Mul on stored views; onnxruntime
+    folds them at load, so the running graph multiplies by pre-scaled weights (no Slice left,
+    no Mul beyond GELU's three)."""
+    import collections
+
+    import onnx
+    import onnxruntime as ort
+
+    _, out, _, _ = poa
+    b = Bundle.open(out)
+    path = b.piece_path("w128.block3")
+    def ops(p):
+        return collections.Counter(n.op_type for n in onnx.load(
+            str(p), load_external_data=False).graph.node)
+
+    before = ops(path)
+    assert before["Slice"] == 6 and before["Mul"] > 3  # q, k, v, proj, fc1, fc2; + scales
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    so.log_severity_level = 3
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    after = ops(tmp_path / "opt.onnx")
+    assert after["Slice"] == 0 and after["Mul"] <= 3, after
