@@ -3,6 +3,7 @@
     snrt-export stitch --anchors ti.safetensors s.safetensors b.safetensors \\
         (--stitch-weights snnet.pth | --calibrate images/) --out deit.snrt
     snrt-export stitch --snnet snnet_deit.safetensors --out deit.snrt
+    snrt-export subnets --supernet vit.safetensors --space poa|ufo|SPACE.json --out vit.snrt
     snrt-export tflite deit.snrt --precisions fp32,int8
     snrt-export info deit.snrt [--expect-digest sha256:...] [--rewrite]
     snrt-export task deit.snrt --tuners faces.safetensors [--name faces] [--labels labels.txt]
@@ -27,6 +28,7 @@ from snrt.stitch_fit import fit_stitch_layers
 from snrt.variants import VariantSpace
 from snrt.version import __version__
 
+from . import subnet_cli
 from .onnx_export import AnchorFeatures, batched, export_onnx
 from .registry import EXPORT_FORMATS
 
@@ -80,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, metavar="NAME.snrt", help="bundle directory to write")
     s.add_argument("--force", action="store_true", help="replace an existing bundle")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    subnet_cli.add_parser(sub)
 
     t = sub.add_parser(
         "tflite", help="add TFLite files (fp32, fp16, int8) to a bundle, verified",
@@ -146,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "stitch":
             return _stitch(args, argv)
+        if args.command == "subnets":
+            return subnet_cli.run(args, argv)
         if args.command == "info":
             return _info(args)
         if args.command == "tflite":

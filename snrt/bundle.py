@@ -77,7 +77,7 @@ class Bundle:
         self._pieces = {p.id: p for p in manifest.pieces}
         # graph file -> the id its graph must carry (a piece's or a variant's)
         self._graph_owner = {p.graph: p.id for p in manifest.pieces}
-        self._graph_owner.update({v.graph: v.id for v in manifest.variants})
+        self._graph_owner.update({v.graph: v.id for v in manifest.variants if v.graph})
         self._tasks = {t.name: t for t in manifest.tasks}
         for t in manifest.tasks:  # a task's pieces are pieces like the frozen ones
             for rec in t.pieces:
@@ -86,6 +86,7 @@ class Bundle:
                 self._graph_owner[info.graph] = info.id
             for vid, rel in t.graphs.items():  # whole graphs of a variant with the task
                 self._graph_owner[rel] = f"{vid}@{t.name}"
+        self._members: dict[str, VariantInfo] = {}  # unlisted members of open spaces
         self._graphs_checked: set[str] = set()
         self._lock = threading.Lock()
 
@@ -201,6 +202,8 @@ class Bundle:
                                   f"{ref.offset + (ref.length or 0)} of {target}, which has "
                                   f"{size}; re-export the bundle")
             t = tensors.get(ref.tensor) if target == WEIGHTS else None
+            if target == WEIGHTS and t is None:
+                t = _row_view(tensors, ref)
             if target == WEIGHTS and (
                     t is None or t["offset"] != ref.offset or tuple(t["shape"]) != ref.dims):
                 raise BundleError(f"{p}: tensor '{ref.tensor}' (offset {ref.offset}, shape "
@@ -250,6 +253,9 @@ class Bundle:
                     return v
             raise UnknownVariantError(f"no variant with cfg_id {key} in {self.path.name}; "
                                       f"cfg_ids: 0..{len(self.variants) - 1}")
+        space = self._space
+        if isinstance(key, str) and getattr(space, "open_membership", False):
+            return self._member(key)  # any member of the space, listed or not
         raise UnknownVariantError(
             f"unknown variant '{key}' in {self.path.name}; ids look like "
             f"{[v.id for v in self.variants[:4]]} (see Bundle.variants or use a cfg_id)")
@@ -266,6 +272,25 @@ class Bundle:
                 f"{', '.join(self._tasks) or 'none (add one with snrt-export task)'}")
         return self._tasks[name]
 
+    def _member(self, key: str) -> VariantInfo:
+        """An unlisted member of an open space (SubnetConfigError when outside it)."""
+        with self._lock:
+            v = self._members.get(key)
+        if v is None:
+            v = VariantInfo(index=-1, cfg_id=-1, graph=None, **self._space.variant_record(key))
+            with self._lock:
+                self._members[key] = v
+        return v
+
+    @functools.cached_property
+    def _space(self):
+        return variant_space_from_json(self.manifest.family)
+
+    @property
+    def open_membership(self) -> bool:
+        """True when every member of the bundle's space runs, listed or not (subnets)."""
+        return bool(getattr(self._space, "open_membership", False))
+
     def piece(self, piece_id: str) -> PieceInfo:
         if piece_id not in self._pieces:
             raise BundleError(f"no piece '{piece_id}' in {self.path / MANIFEST}")
@@ -278,7 +303,12 @@ class Bundle:
 
     def graph_path(self, variant: str | int | VariantInfo) -> Path:
         """A variant's whole graph, checked (name, external data) before it is handed out."""
-        return self._graph(self.variant(variant).graph)
+        v = self.variant(variant)
+        if v.graph is None:
+            raise BundleError(f"variant '{v.id}' of {self.path.name} has no whole graph (it "
+                              "runs as its route of pieces); for one ONNX file use "
+                              "`snrt-export subnets ... --standalone ID`")
+        return self._graph(v.graph)
 
     def piece_path(self, piece_id: str) -> Path:
         """A piece's graph, checked (name, external data) before it is handed out."""
@@ -339,6 +369,19 @@ class Bundle:
 
     def __repr__(self) -> str:
         return f"Bundle({str(self.path)!r}, {len(self.variants)} variants)"
+
+
+def _row_view(tensors: dict, ref) -> dict | None:
+    """The record a view "<stored>[a:b]" (rows a..b of a stored tensor) must match, or None."""
+    m = re.fullmatch(r"(.+)\[(\d+):(\d+)\]", ref.tensor)
+    base = tensors.get(m.group(1)) if m else None
+    if base is None:
+        return None
+    a, b, shape = int(m.group(2)), int(m.group(3)), base["shape"]
+    if not shape or not 0 <= a < b <= shape[0]:
+        return None
+    row = 4 * int(np.prod(shape[1:], dtype=np.int64))
+    return {"offset": base["offset"] + a * row, "shape": [b - a, *shape[1:]]}
 
 
 class BundleWriter:

@@ -48,3 +48,8 @@ class MissingExtraError(SnrtError, ImportError):
         )
         self.package = package
         self.extra = extra
+
+
+class SubnetConfigError(UnknownVariantError, ValueError):
+    """A subnet id or config outside its space; the message names the offending position and
+    the allowed values."""

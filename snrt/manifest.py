@@ -7,12 +7,15 @@ required (`labels` and `stitch_fit` may be null):
     provenance                       free-form: tool, command, options, snrt_version, created
     family        {name, kind, anchors: [{name, config (ViTConfig), source, params}],
                    stitching: {window, stride, nearest, pairs, layers_per_pair}, sources}
+                  (kind "subnets": one anchor "super", the supernet, and `space`: its table
+                  (snrt.variants.subnets) instead of `stitching`)
     preprocess    Preprocess: img_size, crop_pct, interpolation, mean, std, channels
     labels        one string per class, or null
     input/output  {name, shape, layout, dtype} / {name, shape}
     stitch_fit    free-form report of how the stitching layers were fitted, or null
     variants      [VariantInfo]: index, id, cfg_id, anchors, stitches, pieces, flops, params,
-                  graph, accuracy ({top1 %, ...} or null), exports ({"tflite": {precision: rec}})
+                  graph (null for kinds that run routes of pieces only), accuracy
+                  ({top1 %, ...} or null), exports ({"tflite": {precision: rec}})
     pieces        [PieceInfo]: id, kind, anchor, graph, flops, input, output, shapes
     tensors       name -> {offset, shape, source, transposed}: where each weight lies in
                   graphs/weights.bin (float32)
@@ -113,7 +116,7 @@ class VariantInfo:
     pieces: list[str]
     flops: int
     params: int
-    graph: str
+    graph: str | None  # None: no whole graph, the variant runs as its route of pieces
     accuracy: dict | None = None  # {"top1": float (%), "dataset": str, "split": str, "n": int}
     exports: dict = field(default_factory=dict)  # e.g. {"tflite": {"fp32": {...}}}
 

@@ -175,13 +175,16 @@ def _validate(v: _Checker, d: dict, ver: int) -> None:
         [c0.in_chans, c0.img_size, c0.img_size])
     if d["input"]["layout"] != "NCHW" or d["input"]["dtype"] != "float32":
         v.fail("input", "layout must be \"NCHW\" and dtype \"float32\" (what the graphs take)")
-    _io(v, d["output"], "output", ("name", "shape"), [c0.num_classes])
+    _io(v, d["output"], "output", ("name", "shape"), getattr(space, "output_dims",
+                                                              [c0.num_classes]))
     pieces = _pieces(v, d["pieces"], files, space)
     _variants(v, d["variants"], files, pieces, space)
     graphs: dict[str, str] = {}
     for i, p in enumerate(d["pieces"]):
         graphs[p["graph"]] = f"pieces[{i}]"
     for i, x in enumerate(d["variants"]):
+        if x["graph"] is None:
+            continue
         if x["graph"] in graphs:
             v.fail(f"variants[{i}].graph", f"'{x['graph']}' is also the graph of "
                    f"{graphs[x['graph']]}; every piece and variant has its own graph")
@@ -213,8 +216,8 @@ def _config(v: _Checker, c: Any, fld: str) -> ViTConfig:
     v.record(c, fld, _field_names(ViTConfig))
     for f in dataclasses.fields(ViTConfig):
         x, sub = c[f.name], f"{fld}.{f.name}"
-        if f.type == "int":
-            v.integer(x, sub, 1, _MAX_DIM)
+        if f.type == "int":  # num_classes 0: a headless supernet (checked with its kind)
+            v.integer(x, sub, 0 if f.name == "num_classes" else 1, _MAX_DIM)
         elif f.type == "bool":
             v.boolean(x, sub)
         elif f.name == "global_pool":
@@ -265,6 +268,9 @@ def _family(v: _Checker, fam: Any):
         space = variant_space_from_json(fam)
     except SpaceSpecError as e:
         v.fail(e.field, e.problem)
+    if configs[0].num_classes == 0 and not hasattr(space, "output_dims"):
+        v.fail("family.anchors[0].config.num_classes", "0, but this kind of family needs a "
+               "classifier head")
     derived = space.family_json()
     for k, want in derived.items():
         got = fam.get(k)
@@ -354,7 +360,8 @@ def _variants(v: _Checker, variants: Any, files: dict, pieces: dict[str, int], s
         seen_cfg[cfg] = i
         v.integer(x["flops"], fld + ".flops", lo=0)
         v.integer(x["params"], fld + ".params", lo=0)
-        v.listed(x["graph"], fld + ".graph", files, ".onnx")
+        if x["graph"] is not None or getattr(space, "variant_graphs", True):
+            v.listed(x["graph"], fld + ".graph", files, ".onnx")  # else: a route of pieces
         for j, a in enumerate(v.array(x["anchors"], fld + ".anchors", min_len=1)):
             v.string(a, f"{fld}.anchors[{j}]")
         for j, s in enumerate(v.array(x["stitches"], fld + ".stitches")):

@@ -206,6 +206,9 @@ class Runtime:
         return task
 
     def _executor(self, v: VariantInfo, task: str | None = None):
+        if v.id not in self._ready_set and v.index < 0 and v.graph is None:
+            with self._lock:  # an unlisted member of an open space: made ready on first use
+                self._ready_set.setdefault(v.id, v)
         if v.id not in self._ready_set:
             raise SnrtError(f"variant '{v.id}' is in the bundle but not in this runtime's "
                             f"ready set; pass it in Runtime(variants=...)")

@@ -57,8 +57,11 @@ def _ensure_env_arena() -> bool:
         return bool(_env_arena)
 
 
-def session_options(threads: int, shared_arena: bool = True) -> ort.SessionOptions:
+def session_options(threads: int, shared_arena: bool = True,
+                    prepack: bool = True) -> ort.SessionOptions:
     so = ort.SessionOptions()
+    if not prepack:  # use the (mmapped, shared) weights as stored: less memory, slower GEMM
+        so.add_session_config_entry("session.disable_prepacking", "1")
     if shared_arena and _ensure_env_arena():
         so.add_session_config_entry("session.use_env_allocators", "1")
     so.intra_op_num_threads = max(1, int(threads))
@@ -69,9 +72,13 @@ def session_options(threads: int, shared_arena: bool = True) -> ort.SessionOptio
     return so
 
 
-def open_session(path, threads: int, shared_arena: bool = True) -> ort.InferenceSession:
+def open_session(path, threads: int, shared_arena: bool = True, prepack: bool = True,
+                 initializers: dict | None = None) -> ort.InferenceSession:
+    so = session_options(threads, shared_arena, prepack)
+    for name, value in (initializers or {}).items():
+        so.add_initializer(name, value)  # the caller's buffer, not a copy
     try:
-        return ort.InferenceSession(str(path), session_options(threads, shared_arena),
+        return ort.InferenceSession(str(path), so,
                                     providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - onnxruntime raises several types here
         raise BundleError(f"{path}: onnxruntime cannot load it ({type(e).__name__}: "
@@ -105,7 +112,8 @@ class OrtBackend:
 
     def __init__(self, bundle: Bundle, *, threads: int = 1, placement: str = "auto",
                  variants: list[VariantInfo] | None = None, precision: str = "fp32",
-                 shared_arena: bool = True):
+                 shared_arena: bool = True, prepack: bool = True,
+                 share_weights: bool = False):
         if placement not in PLACEMENTS:
             raise SnrtError(f"unknown placement '{placement}'; choose from {PLACEMENTS}")
         if precision != "fp32":
@@ -114,7 +122,16 @@ class OrtBackend:
         self.bundle = bundle
         self.threads = max(1, int(threads))
         self.shared_arena = shared_arena
+        self.prepack = prepack  # False: sessions compute on the weights as stored
+        # True: every session's weights.bin tensors are OrtValues over one read-only mmap of
+        # the file (one copy in memory for all sessions; with prepack=True each session still
+        # packs its own copy for speed)
+        self.share_weights = share_weights
+        self._mmap = None
         planned = variants if variants is not None else bundle.variants
+        if any(v.graph is None for v in planned) or \
+                bundle.open_membership:
+            placement = "pieces"  # routes of pieces only (e.g. elastic subnets)
         if placement == "auto":
             graph_bytes = sum(v.params for v in planned) * 4
             placement = "graphs" if graph_bytes <= AUTO_GRAPHS_MAX_BYTES else "pieces"
@@ -131,8 +148,24 @@ class OrtBackend:
         return {"backend": self.name, "version": ort.__version__, "placement": self.placement,
                 "threads": self.threads, "sessions": self.session_count}
 
+    def _shared_initializers(self, path) -> dict:
+        from ..manifest import WEIGHTS
+        from ..onnx_file import read_onnx_info
+
+        if self._mmap is None:
+            self._mmap = np.memmap(self.bundle.file(WEIGHTS), dtype=np.uint8, mode="r")
+        out = {}
+        for r in read_onnx_info(path.read_bytes()).external:
+            if r.location != "weights.bin":
+                continue
+            n = 4 * int(np.prod(r.dims, dtype=np.int64))
+            a = self._mmap[r.offset:r.offset + n].view(np.float32).reshape(r.dims)
+            out[r.tensor] = ort.OrtValue.ortvalue_from_numpy(a)
+        return out
+
     def _step(self, path) -> _Step:
-        s = open_session(path, self.threads, self.shared_arena)
+        inits = self._shared_initializers(path) if self.share_weights else None
+        s = open_session(path, self.threads, self.shared_arena, self.prepack, inits)
         return _Step(s, s.get_inputs()[0].name, s.get_outputs()[0].name)
 
     def load(self, variant: VariantInfo) -> ChainExecutor:

@@ -9,7 +9,9 @@ must be preprocessed. No deep learning framework is needed.
   `snrt.config` metadata, config.json, keys, convention, in that order);
 - timm_config.py: timm's config.json and its registered ViT/DeiT defaults;
 - readers.py: families from files (timm weights per anchor, SN-Net checkpoints) and the
-  metadata keys they read.
+  metadata keys they read;
+- supernet.py: one elastic supernet (timm ViT or POA teacher checkpoint) whose subnets
+  snrt.variants.subnets slices.
 """
 
 from .model import (
@@ -27,6 +29,7 @@ from .readers import (
     family_from_snnet_checkpoint,
     load_anchor,
 )
+from .supernet import Supernet, load_supernet, supernet_from_state_dict
 from .timm_config import TIMM_VIT_ARCHS, HubConfig, find_hub_config, read_hub_config
 from .timm_vit import SNRT_CONFIG_KEYS, config_from_state_dict, parse_snrt_config
 
@@ -34,5 +37,6 @@ __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "SNRT_CONFIG_KEYS", "TIMM_VIT_ARCHS", "Anchor", "Family",
     "HubConfig", "Preprocess", "StitchLayer", "ViTConfig", "config_from_state_dict",
     "default_anchor_name", "family_from_anchor_files", "family_from_snnet_checkpoint",
-    "find_hub_config", "load_anchor", "parse_snrt_config", "read_hub_config",
+    "find_hub_config", "load_anchor", "load_supernet", "parse_snrt_config", "read_hub_config",
+    "Supernet", "supernet_from_state_dict",
 ]

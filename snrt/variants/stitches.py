@@ -27,8 +27,9 @@ import functools
 import itertools
 from dataclasses import dataclass, field
 
-from .errors import UnknownVariantError
-from .family import ViTConfig
+from ..errors import UnknownVariantError
+from ..family import ViTConfig
+from .common import SpaceSpecError
 
 
 @dataclass(frozen=True)
@@ -330,22 +331,10 @@ class VariantSpace:
 FAMILY_KINDS = ("snnet", "vit")  # manifest family kinds whose variants are SN-Net stitches
 
 
-class SpaceSpecError(ValueError):
-    """A manifest's family section that no variant space here can rebuild: (field, problem)."""
-
-    def __init__(self, field: str, problem: str):
-        super().__init__(f"{field}: {problem}")
-        self.field, self.problem = field, problem
-
-
-def variant_space_from_json(family: dict) -> VariantSpace:
+def stitch_space_from_json(family: dict) -> VariantSpace:
     """The variant space a manifest's `family` section describes (anchors' configs, already
     validated, and the kind's own settings: for stitches `stitching.window/stride/nearest`).
-    Raises SpaceSpecError naming the field for a kind or settings it cannot rebuild. Other kinds
-    of variant space plug in here, dispatching on `family["kind"]`."""
-    if family.get("kind") not in FAMILY_KINDS:
-        raise SpaceSpecError("family.kind", f"{family.get('kind')!r}; this snrt knows "
-                             f"{list(FAMILY_KINDS)}")
+    Raises SpaceSpecError naming the field for settings it cannot rebuild."""
     st = family.get("stitching")
     if not isinstance(st, dict):
         raise SpaceSpecError("family.stitching", "missing or not an object")
