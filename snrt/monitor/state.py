@@ -82,11 +82,23 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _finite_float(value: Any) -> float | None:
+    """`value` as a finite float, or None for anything else (None, bool, str, NaN, inf, an int
+    too large for a float, an object whose conversion raises): sensors return such junk."""
+    if not _is_number(value):
+        return None
+    try:
+        f = float(value)
+    except (OverflowError, ValueError, TypeError):
+        return None
+    return f if math.isfinite(f) else None
+
+
 def _check_float(name: str, value: Any, *, lo: float | None = None, hi: float | None = None,
                  allow_none: bool = False, lo_open: bool = False) -> float | None:
     if value is None and allow_none:
         return None
-    if not _is_number(value) or not math.isfinite(value):
+    if _finite_float(value) is None:
         or_none = " or None" if allow_none else ""
         raise MonitorValueError(f"{name} must be a finite number{or_none}, got {value!r}")
     if lo is not None and (value <= lo if lo_open else value < lo):
@@ -113,7 +125,7 @@ def _check_status(name: str, value: Any) -> int:
 
 
 def _check_interval(name: str, value: Any) -> float:
-    if not _is_number(value) or math.isnan(value) or value <= 0:
+    if not _is_number(value) or (_finite_float(value) is None and value != math.inf) or value <= 0:
         raise MonitorValueError(f"{name} must be a number of seconds > 0 (math.inf for never), "
                                 f"got {value!r}")
     return float(value)
@@ -247,10 +259,11 @@ def parse_power_saving_env(value: str | None) -> bool | None:
 
 
 def _valid_temperature(value: Any) -> float | None:
-    if not _is_number(value) or not math.isfinite(value) or value == 0.0:
+    temp_c = _finite_float(value)
+    if temp_c is None or temp_c == 0.0:
         return None
     lo, hi = _VALID_TEMPERATURE_C
-    return float(value) if lo < value < hi else None
+    return temp_c if lo < temp_c < hi else None
 
 
 def _is_cpu_sensor(name: str) -> bool:

@@ -29,7 +29,7 @@ def _read_text(path: Path) -> str | None:
 def _millidegrees(text: str | None) -> float | None:
     try:
         return int(text) / 1000.0 if text else None
-    except ValueError:
+    except (ValueError, OverflowError):  # not a number, or too large for a float
         return None
 
 

@@ -188,19 +188,28 @@ class SystemMonitor(PsutilSource, SysfsSource, PowerProfileSource, Monitor):
     def _refresh_due(self, now: float) -> None:
         r = self._refresh
         if r.due("cpu_load", now):
-            self._sample_cpu_load()
+            self._guarded("cpu_load", self._sample_cpu_load)
         if r.due("cpu_freq", now):
-            self._read_cpu_freq()
+            self._guarded("cpu_freq", self._read_cpu_freq)
         if r.due("battery", now):
-            self._read_battery()
+            self._guarded("battery", self._read_battery)
         if r.due("power_saving", now):
-            self._read_system_power_saving()
+            self._guarded("power_saving", self._read_system_power_saving)
         if self._ppd_cmd is not None:
-            self._poll_powerprofilesctl(now)
+            self._guarded("powerprofilesctl", self._poll_powerprofilesctl, now)
         if r.due("thermal_discovery", now):
-            self._discover_thermal_zones()
+            self._guarded("thermal_discovery", self._discover_thermal_zones)
         if r.due("thermal", now):
-            self._read_thermal()
+            self._guarded("thermal", self._read_thermal)
+
+    def _guarded(self, source: str, read: Callable[..., None], *args: Any) -> None:
+        """Each reader checks what it reads; this is the net under them, so that `read()` keeps
+        its promise (never raises for sensor trouble) even for junk nobody foresaw."""
+        try:
+            read(*args)
+        except Exception as e:  # noqa: BLE001 - the documented promise of read()
+            self._log_once(f"guard-{source}", logging.WARNING,
+                           "reading %s failed (%r); it keeps its last value", source, e)
 
     # -- power saving --------------------------------------------------------------------------
 
