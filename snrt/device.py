@@ -9,6 +9,7 @@ architecture, OS). Kernel, library and snrt versions are recorded but are not pa
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import platform
 import re
@@ -20,6 +21,9 @@ import numpy as np
 import psutil
 
 from .version import __version__
+
+_MAX_CORES = 1 << 16  # more than any machine has: a larger count is junk
+_MAX_RAM_BYTES = 1 << 60  # 1 EiB, likewise
 
 
 @dataclass(frozen=True)
@@ -61,22 +65,61 @@ def cpu_model(cpuinfo: str | None = None) -> str:
     return platform.processor() or platform.machine() or "unknown-cpu"
 
 
-def _freq_range() -> tuple[float | None, float | None]:
-    lo = hi = None
+def _finite_positive(value: object) -> float | None:
+    """A finite float > 0, or None for what psutil returns when it does not know (None, 0) or
+    when it misbehaves (NaN, strings, ints too large for a float)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
     try:
-        f = psutil.cpu_freq()
-        if f is not None:
-            lo, hi = (f.min or None), (f.max or None)
+        f = float(value)
+    except (OverflowError, ValueError):
+        return None
+    return f if math.isfinite(f) and f > 0 else None
+
+
+def _count(value: object) -> int | None:
+    """A core count psutil returned, or None when it is not a plausible one."""
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= _MAX_CORES:
+        return value
+    return None
+
+
+def _psutil(name: str, *args, **kwargs):
+    """psutil.<name>(...), or None when it is missing or raises (containers, exotic OSes)."""
+    try:
+        return getattr(psutil, name)(*args, **kwargs)
     except Exception:  # noqa: BLE001 - psutil raises various errors in containers
-        pass
+        return None
+
+
+def _attr(obj: object, name: str) -> object:
+    try:
+        return getattr(obj, name, None)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _freq_range() -> tuple[float | None, float | None]:
+    f = _psutil("cpu_freq")
+    lo, hi = _finite_positive(_attr(f, "min")), _finite_positive(_attr(f, "max"))
     if hi is None:  # sysfs, in kHz
         base = Path("/sys/devices/system/cpu/cpu0/cpufreq")
         try:
-            lo = int((base / "cpuinfo_min_freq").read_text()) / 1000
-            hi = int((base / "cpuinfo_max_freq").read_text()) / 1000
-        except (OSError, ValueError):
+            lo = _finite_positive(int((base / "cpuinfo_min_freq").read_text()) / 1000)
+            hi = _finite_positive(int((base / "cpuinfo_max_freq").read_text()) / 1000)
+        except (OSError, ValueError, OverflowError):
             pass
     return lo, hi
+
+
+def _ram_bytes() -> int:
+    total = _attr(_psutil("virtual_memory"), "total")
+    if isinstance(total, int) and not isinstance(total, bool) and 0 < total <= _MAX_RAM_BYTES:
+        return total
+    try:  # POSIX; 0 when nothing can tell
+        return max(0, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):
+        return 0
 
 
 def _slug(s: str) -> str:
@@ -86,14 +129,14 @@ def _slug(s: str) -> str:
 
 def describe_device() -> DeviceInfo:
     model = cpu_model()
-    logical = psutil.cpu_count(logical=True) or os.cpu_count() or 1
-    physical = psutil.cpu_count(logical=False)
+    logical = (_count(_psutil("cpu_count", logical=True)) or _count(os.cpu_count()) or 1)
+    physical = _count(_psutil("cpu_count", logical=False))
     try:
         affinity = sorted(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         affinity = None
     lo, hi = _freq_range()
-    ram = psutil.virtual_memory().total
+    ram = _ram_bytes()
     system, arch = platform.system().lower(), platform.machine().lower()
     ram_gb = max(1, round(ram / 2**30))
     key = f"{system}|{arch}|{model}|{logical}|{physical}|{ram_gb}"

@@ -5,8 +5,10 @@ images run through an snrt Runtime whose Controller picks the variant between tw
 battery, power-saving mode, CPU load and temperature; a local web page shows what happens and
 lets you toggle power saving, change the target FPS or pin a variant.
 
-Modules: `sources` (cameras), `energy` (battery and energy model), `engine` (processing loop,
-status, validated settings), `server` (HTTP routes), `app` (assembly and CLI), `page.html`.
+Modules: `sources` (cameras), `energy` (battery, simulated sensors and energy model),
+`controller_setup` (the controller's latencies, auto FPS), `latency` (measured or simulated
+latencies), `pacing` (wall or simulated clock), `engine` (processing loop, status, validated
+settings), `server` (HTTP routes), `app` (assembly and CLI), `page.html`.
 """
 
 from .app import DemoApp, DemoOptions, main

@@ -3,11 +3,17 @@
     snrt-demo                          # default bundle, webcam if any else synthetic camera
     snrt-demo --bundle my.snrt --camera synthetic --images photos/ --port 8080
     snrt-demo --battery-start-pct 30 --drain-speedup 300   # see low-battery steps sooner
+    snrt-demo --simulate-latency flops --sensors simulated --clock simulated  # deterministic
 
 Opens a local page (http://127.0.0.1:8000/ by default) showing the live frame, the prediction,
 the active variant, FPS, latency, battery and CPU load, with controls for power saving, the
 target FPS and a pinned variant, and a chart of variant and latency with every switch and its
 reason. Ctrl-C or SIGTERM stops the server, the camera and the runtime cleanly.
+
+By default everything is real: latencies measured on this machine, its sensors, its clock.
+`--simulate-latency`, `--sensors simulated` and `--clock simulated` replace each with a
+simulation (latency.py, energy.py, pacing.py), so that what the controller decides no longer
+depends on how busy the machine is (the demo's tests use all three).
 """
 
 from __future__ import annotations
@@ -24,8 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 from snrt.errors import SnrtError
 
-from .energy import BATTERY_CHOICES, EnergyModel, make_monitor
-from .engine import FPS_RANGE, DemoEngine, build_controller, parse_fps
+from .controller_setup import FPS_RANGE, build_controller
+from .energy import BATTERY_CHOICES, SENSOR_CHOICES, EnergyModel, make_monitor
+from .engine import DemoEngine, parse_fps
+from .latency import simulated_latency
+from .pacing import CLOCK_CHOICES, make_clock
 from .server import DemoServer, is_loopback
 from .sources import (
     CAMERA_CHOICES,
@@ -61,6 +70,9 @@ class DemoOptions:
     verify: bool | str = True
     calibrate_runs: int = 10
     seed: int = 0
+    simulate_latency: str | None = None  # None: measured; "flops[:MAX_MS]" or a table path
+    sensors: str = "system"  # or "simulated"
+    clock: str = "wall"  # or "simulated"
 
 
 class DemoApp:
@@ -88,18 +100,24 @@ class DemoApp:
         try:
             rt = Runtime(bundle_path, threads=opts.threads, verify=opts.verify)
             opened.append(rt)
+            latency = (simulated_latency(opts.simulate_latency, rt)
+                       if opts.simulate_latency else None)
+            clock = make_clock(opts.clock)
             camera = _open_camera(opts, rt)
             opened.append(camera)
             monitor, battery_source = make_monitor(opts.battery, opts.energy,
-                                                   battery_start_pct=opts.battery_start_pct)
+                                                   battery_start_pct=opts.battery_start_pct,
+                                                   sensors=opts.sensors, clock=clock)
             opened.append(monitor)
             ctl, source, fps = build_controller(rt, monitor, target_fps=opts.fps,
                                                 frame=camera.probe(),
-                                                calibrate_runs=opts.calibrate_runs)
+                                                calibrate_runs=opts.calibrate_runs,
+                                                latency=latency, clock=clock)
             camera.set_fps(fps)
             engine = DemoEngine(rt, ctl, camera, opts.energy, battery_source=battery_source,
                                 controller_source=source, fps_auto=opts.fps is None,
-                                bundle_label=f"{rt.bundle.name} ({bundle_path.name})")
+                                bundle_label=f"{rt.bundle.name} ({bundle_path.name})",
+                                latency=latency, clock=clock)
             server = DemoServer(engine, opts.host, opts.port)
         except BaseException:
             for thing in reversed(opened):
@@ -207,6 +225,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="assumed power of the rest of the device")
     p.add_argument("--drain-speedup", type=float, default=e.drain_speedup,
                    help="simulated battery drains this many times faster than modelled")
+    p.add_argument("--simulate-latency", default=None, metavar="flops[:MAX_MS]|TABLE",
+                   help="report each variant's latency from a table instead of the wall "
+                   "clock: 'flops' (the largest variant takes 40 ms, the others their FLOPs "
+                   "share; flops:MAX_MS to change it) or a lookup table JSON")
+    p.add_argument("--sensors", choices=SENSOR_CHOICES, default=d.sensors,
+                   help="simulated: no CPU load, temperature or system power saving from "
+                   "this machine (implies the simulated battery)")
+    p.add_argument("--clock", choices=CLOCK_CHOICES, default=d.clock,
+                   help="simulated: the controller's and the battery's time advances by one "
+                   "frame period per frame, whatever the machine's speed")
     p.add_argument("--no-verify", action="store_true",
                    help="check bundle file sizes only, not their sha256")
     p.add_argument("--open", action="store_true", help="open the page in a browser")
@@ -226,6 +254,9 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
         raise SnrtError("--battery-start-pct must be in 0..100")
     if args.threads < 1:
         raise SnrtError("--threads must be >= 1")
+    if args.sensors == "simulated" and args.battery == "system":
+        raise SnrtError("--battery system reads the real battery; with --sensors simulated use "
+                        "--battery simulated (or auto)")
     if not 0 <= args.port <= 65535:
         raise SnrtError("--port must be in 0..65535")
     try:
@@ -238,7 +269,9 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
                        webcam_index=args.webcam_index, images=args.images,
                        frame_size=args.frame_size, fps=fps, threads=args.threads,
                        battery=args.battery, battery_start_pct=args.battery_start_pct,
-                       energy=energy, verify="size" if args.no_verify else True)
+                       energy=energy, verify="size" if args.no_verify else True,
+                       simulate_latency=args.simulate_latency, sensors=args.sensors,
+                       clock=args.clock)
 
 
 def main(argv: list[str] | None = None) -> int:

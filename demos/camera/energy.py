@@ -121,22 +121,37 @@ def system_has_battery() -> bool:
         return False
 
 
+SENSOR_CHOICES = ("system", "simulated")
+
+
 def make_monitor(battery: str, model: EnergyModel, *, battery_start_pct: float = 100.0,
-                 system: Monitor | None = None) -> tuple[Monitor, str]:
+                 system: Monitor | None = None, sensors: str = "system",
+                 clock=time.monotonic) -> tuple[Monitor, str]:
     """The demo's monitor and where its battery reading comes from ("system"/"simulated").
 
     battery: "system" (the real sensor, via SystemMonitor), "simulated" (energy-model drain),
     or "auto" (system when psutil sees a battery, else simulated).
-    system: the monitor for the non-battery readings (default a SystemMonitor).
+    system: the monitor for the non-battery readings (default: a SystemMonitor, or with
+    sensors="simulated" a SimulatedMonitor on `clock`: no CPU load from other processes, no
+    temperature, power saving only from the page, whatever this machine does).
     """
     if battery not in BATTERY_CHOICES:
         raise ValueError(f"battery must be one of {BATTERY_CHOICES}, got {battery!r}")
+    if sensors not in SENSOR_CHOICES:
+        raise ValueError(f"sensors must be one of {SENSOR_CHOICES}, got {sensors!r}")
+    if sensors == "simulated":
+        if battery == "system":
+            raise ValueError("--battery system reads the real battery; it cannot be combined "
+                             "with --sensors simulated (use --battery simulated or auto)")
+        battery = "simulated"
+        if system is None:
+            system = SimulatedMonitor(clock=clock, battery_start_pct=None)
     if battery == "auto":
         battery = "system" if system_has_battery() else "simulated"
     system = system if system is not None else SystemMonitor()
     if battery == "system":
         return system, "system"
-    sim = SimulatedMonitor(clock=time.monotonic, battery_start_pct=battery_start_pct,
+    sim = SimulatedMonitor(clock=clock, battery_start_pct=battery_start_pct,
                            battery_capacity_wh=model.battery_capacity_wh,
                            charge_pct_per_h=model.charge_pct_per_h * model.drain_speedup,
                            plugged=False)

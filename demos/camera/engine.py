@@ -25,16 +25,24 @@ import numpy as np
 from PIL import Image
 
 from snrt.bundle import VariantInfo
-from snrt.controller import Controller, PolicyConfig, frame_budget
+from snrt.controller import Controller, frame_budget
 from snrt.errors import SnrtError, UnknownVariantError
 from snrt.runtime import Runtime, SwitchEvent
 
+from .controller_setup import (  # noqa: F401 - re-exported: the demo tests import them here
+    FPS_RANGE,
+    auto_fps,
+    build_controller,
+    calibrate,
+    candidate_ids,
+)
 from .energy import EnergyModel, SimulatedBatteryMonitor
+from .latency import MeasuredLatency, SimulatedLatency
+from .pacing import FrameClock, WallClock
 from .sources import FrameSource
 
 log = logging.getLogger(__name__)
 
-FPS_RANGE = (1.0, 240.0)
 CONFIG_FIELDS = ("power_saving", "target_fps", "pinned", "plugged")
 HISTORY_SAMPLE_S = 0.05  # chart resolution: one point per 50 ms at most
 HISTORY_KEEP = 12000  # 10 minutes at 20 points per second
@@ -59,76 +67,6 @@ class _Sample:
     power_saving: bool
 
 
-# ----------------------------------------------------------------------------- set-up helpers
-
-def candidate_ids(variants: list[VariantInfo], max_unknown: int = 8) -> list[str]:
-    """Variants worth measuring for the controller: the FLOPs-accuracy Pareto front when
-    accuracies are known, else the anchors plus a spread over FLOPs."""
-    if any(v.top1 is not None for v in variants):
-        front, best = [], -math.inf
-        for v in sorted((v for v in variants if v.top1 is not None),
-                        key=lambda v: (v.flops, -v.top1)):
-            if v.top1 > best:
-                front.append(v.id)
-                best = v.top1
-        return front
-    by_flops = sorted(variants, key=lambda v: v.flops)
-    picks = {v.id for v in variants if v.is_anchor}
-    n = len(by_flops)
-    for i in range(min(max_unknown, n)):
-        picks.add(by_flops[round(i * (n - 1) / max(1, min(max_unknown, n) - 1))].id)
-    return [v.id for v in by_flops if v.id in picks]
-
-
-def calibrate(rt: Runtime, ids: list[str], frame: np.ndarray, runs: int = 10,
-              warmup: int = 2) -> dict[str, float]:
-    """Each variant's latency (ms) on this machine without contention, estimated as the 25th
-    percentile of `runs` runs measured round-robin (a burst of background load then hits
-    every variant alike, and mostly the upper runs). Run before a controller is attached:
-    these calls must not drive it."""
-    for vid in ids:
-        for _ in range(warmup):
-            rt.run(frame, variant=vid)
-    ms: dict[str, list[float]] = {vid: [] for vid in ids}
-    for _ in range(runs):
-        for vid in ids:
-            ms[vid].append(rt.run(frame, variant=vid).latency_ms)
-    return {vid: float(np.percentile(v, 25)) for vid, v in ms.items()}
-
-
-def auto_fps(best_ms: float, headroom: float, share: float = 2 / 3) -> float:
-    """The frame rate at which the most accurate variant uses `share` of the frame budget, so
-    it fits, and halving the budget (power saving) makes the controller step down."""
-    fps = 1000.0 * headroom * share / max(best_ms, 1e-3)
-    return float(min(FPS_RANGE[1], max(FPS_RANGE[0], round(fps, 1))))
-
-
-def build_controller(rt: Runtime, monitor, *, target_fps: float | None, frame: np.ndarray,
-                     calibrate_runs: int = 10) -> tuple[Controller, str, float]:
-    """The controller for the demo: this device's lookup table if there is one, else latencies
-    measured now. Returns (controller, where its latencies come from, target fps); target_fps
-    None means auto (see auto_fps)."""
-    cfg = PolicyConfig(target_fps=target_fps or 30.0)
-    ctl = Controller.auto(rt, monitor=monitor, config=cfg)
-    source = getattr(ctl, "source", "")
-    if source.startswith("FLOPs"):
-        ids = candidate_ids(rt.variants)
-        t0 = time.monotonic()
-        base = calibrate(rt, ids, frame, runs=calibrate_runs)
-        acc = {v.id: v.top1 for v in rt.variants if v.top1 is not None}
-        ctl = Controller(monitor, base, acc or None, config=cfg)
-        source = f"measured now ({len(ids)} variants, {time.monotonic() - t0:.1f} s)"
-        log.info("controller latencies %s: %s", source,
-                 ", ".join(f"{k} {v:.2f} ms" for k, v in base.items()))
-    if target_fps is None:
-        best = max(ctl.candidates, key=lambda c: (c.accuracy, -c.base_ms))
-        target_fps = auto_fps(best.base_ms, cfg.headroom)
-        log.info("target fps auto: %.1f (%s at %.2f ms uses 2/3 of the budget)", target_fps,
-                 best.id, best.base_ms)
-        ctl.set_config(target_fps=target_fps)
-    return ctl, source, float(target_fps)
-
-
 # ----------------------------------------------------------------------------- the engine
 
 class DemoEngine:
@@ -136,8 +74,12 @@ class DemoEngine:
 
     def __init__(self, rt: Runtime, controller: Controller, camera: FrameSource,
                  energy: EnergyModel, *, battery_source: str, controller_source: str = "",
-                 fps_auto: bool = False, bundle_label: str = "") -> None:
+                 fps_auto: bool = False, bundle_label: str = "",
+                 latency: MeasuredLatency | SimulatedLatency | None = None,
+                 clock: WallClock | FrameClock | None = None) -> None:
         self.rt = rt
+        self.latency = latency or MeasuredLatency()
+        self.clock = clock or WallClock()  # the controller's, monitor's and energy's time
         self.controller = controller
         self.monitor = controller.monitor
         self.camera = camera
@@ -166,8 +108,7 @@ class DemoEngine:
         self._ps_override: bool | None = None  # the page's power-saving choice; None: system
         self._variant_index = {v.id: v for v in rt.variants}
         rt.on_switch(self._on_switch)
-        if rt.controller is not controller:
-            rt.set_controller(controller)
+        self.latency.attach(rt, controller)
 
     # -- lifetime ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -196,26 +137,23 @@ class DemoEngine:
 
     def _process(self) -> None:
         started = time.monotonic()
-        last_seq, last_t = 0, time.monotonic()
+        last_seq, last_t = 0, self.clock()
         next_t = time.monotonic()
         sample: list[float] = []
         sample_t0 = time.monotonic()
         while not self._stop.is_set():
             frame = self.camera.wait_frame(last_seq, timeout_s=0.25)
-            now = time.monotonic()
             if frame is None:
-                self._charge(0.0, now - last_t, now)
-                last_t = now
+                t = self.clock()
+                self._charge(0.0, t - last_t, time.monotonic())
+                last_t = t
                 continue
             last_seq = frame.seq
-            c0 = time.thread_time()
-            res = self.rt.run(frame.image)
-            cpu_s = time.thread_time() - c0
-            threads = max(1, int(self.rt.threads))
-            busy_s = cpu_s + (threads - 1) * res.latency_ms / 1e3
-            now = time.monotonic()
-            self._charge(busy_s, now - last_t, now)
-            last_t = now
+            res, busy_s = self.latency.run(self.rt, self.controller, frame.image, self.clock())
+            self.clock.frame_done(1.0 / self.camera.fps)
+            now, t = time.monotonic(), self.clock()
+            self._charge(busy_s, t - last_t, now)
+            last_t = t
             logits = np.asarray(res.logits, dtype=np.float64)
             p = np.exp(logits - logits.max())
             p /= p.sum()
@@ -239,7 +177,9 @@ class DemoEngine:
                         float(np.max(sample)), len(sample), budget, state.battery_pct,
                         state.power_saving))
                     sample, sample_t0 = [], now
-            if self.fps_auto and not self._retuned and now - started >= AUTO_FPS_SETTLE_S:
+            # measured latencies in operation differ from the calibration's; simulated do not
+            if (self.fps_auto and not self._retuned and not self.latency.simulated
+                    and now - started >= AUTO_FPS_SETTLE_S):
                 self._retune_auto_fps(now)
             # pace to the target frame rate (the webcam may deliver faster)
             next_t = max(next_t + 1.0 / self.camera.fps, time.monotonic())
@@ -355,6 +295,8 @@ class DemoEngine:
             "candidates": [{"id": c["id"], "accuracy": c["accuracy"], "base_ms": c["base_ms"],
                             "est_ms": est[c["id"]]} for c in ctl["candidates"]],
             "controller_source": self.controller_source,
+            "latency_source": self.latency.description,
+            "clock": "simulated" if self.clock.simulated else "wall",
             "config": self.config(),
             "power": {
                 "battery_pct": state["battery_pct"], "plugged": state["plugged"],

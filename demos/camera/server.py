@@ -4,22 +4,27 @@ Routes (JSON unless said otherwise; errors are JSON `{"error": "..."}` with the 
 
     GET  /                 the page (HTML with inline JS/CSS; no external resources)
     GET  /frame.jpg        newest processed frame, JPEG; ?seq=N is only a cache-buster
-                           (integer >= 0); 503 before the first frame
+                           (integer 0..2**53-1); 503 before the first frame
     GET  /api/status       prediction, variant, FPS, latency, budget, battery, CPU, switches
     GET  /api/variants     every variant: id, cfg_id, flops, params, top1, candidate
-    GET  /api/history      chart points and switches; ?since=S (seconds since start, number)
-                           &max=N (1..5000 points, newest kept)
+    GET  /api/history      chart points and switches; ?since=S (seconds since start, a number
+                           >= -1; -1: from the start) &max=N (integer 1..5000 points, newest kept)
     GET  /api/config       the settings the page can change
     POST /api/config       change them: JSON object with any of power_saving (true/false/null),
                            target_fps (number), pinned (variant id, cfg_id, "auto" or null),
                            plugged (true/false, simulated battery only)
 
 Rejected with 400: unknown or repeated query parameters, values that do not parse or are out
-of range, bodies that are not JSON objects, unknown fields, unknown variants. 415 when a POST
+of range (integers are ASCII digits only), bodies that are not JSON objects or are nested more
+than 32 deep, unknown fields, unknown variants. 415 when a POST
 is not `Content-Type: application/json` (which also keeps other web sites from posting to the
 demo: a cross-site JSON post needs a CORS preflight, which this server never grants), 413 for
 bodies over 64 KiB, 404/405 for unknown routes and methods. When bound to a loopback address,
 requests whose Host header is not a loopback name get 403 (DNS-rebinding guard).
+
+One thread per connection, a listen backlog of 64 (a page opening, or a burst of clients, does
+not wait for the kernel's SYN retries), and a client that leaves mid-answer is logged at DEBUG,
+not printed as a traceback.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ import ipaddress
 import json
 import logging
 import math
+import re
 import socket
+import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,6 +49,12 @@ log = logging.getLogger(__name__)
 
 PAGE = Path(__file__).with_name("page.html")
 MAX_BODY = 64 * 1024
+MAX_JSON_DEPTH = 32  # the config is flat; deeper bodies are refused before parsing
+LISTEN_BACKLOG = 64
+MAX_SEQ = 2**53 - 1  # the largest integer a page's JavaScript counts exactly
+_CLIENT_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+_INT = re.compile(r"-?[0-9]{1,20}")
+_NUMBER = re.compile(r"-?(?:[0-9]{1,20}(?:\.[0-9]{0,20})?|\.[0-9]{1,20})(?:[eE][-+]?[0-9]{1,4})?")
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 
 
@@ -60,9 +73,42 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def parse_query(query: str, spec: dict[str, type]) -> dict[str, Any]:
-    """Query parameters named in `spec` (name -> int/float), each at most once; anything else
-    raises BadRequest."""
+class Param:
+    """A query parameter: an integer or a number, within [lo, hi]."""
+
+    def __init__(self, kind: type, lo: float = -math.inf, hi: float = math.inf) -> None:
+        self.kind, self.lo, self.hi = kind, lo, hi
+
+    def parse(self, name: str, text: str) -> int | float:
+        if self.kind is int:
+            if not _INT.fullmatch(text):
+                raise BadRequest(f"query parameter '{name}' must be an integer, got {text!r}")
+            v: int | float = int(text)
+        else:
+            if not _NUMBER.fullmatch(text):
+                try:
+                    bad_float = not math.isfinite(float(text))
+                except ValueError:
+                    bad_float = False
+                what = "finite" if bad_float else "a number"
+                raise BadRequest(f"query parameter '{name}' must be {what}, got {text!r}")
+            v = float(text)
+            if not math.isfinite(v):
+                raise BadRequest(f"query parameter '{name}' must be finite, got {text!r}")
+        if not self.lo <= v <= self.hi:
+            hi = "" if self.hi == math.inf else _fmt(self.hi)
+            raise BadRequest(f"query parameter '{name}' must be in {_fmt(self.lo)}..{hi}, got "
+                             f"{text!r}")
+        return v
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def parse_query(query: str, spec: dict[str, Param]) -> dict[str, Any]:
+    """Query parameters named in `spec`, each at most once and valid; anything else raises
+    BadRequest."""
     if not query:
         return {}
     try:
@@ -75,16 +121,43 @@ def parse_query(query: str, spec: dict[str, type]) -> dict[str, Any]:
             raise BadRequest(f"unknown query parameter '{name}'; known: {sorted(spec) or 'none'}")
         if len(values) != 1:
             raise BadRequest(f"query parameter '{name}' given {len(values)} times")
-        try:
-            v = spec[name](values[0])
-        except ValueError:
-            raise BadRequest(f"query parameter '{name}' must be "
-                             f"{'an integer' if spec[name] is int else 'a number'}, got "
-                             f"{values[0]!r}") from None
-        if isinstance(v, float) and not math.isfinite(v):
-            raise BadRequest(f"query parameter '{name}' must be finite, got {values[0]!r}")
-        out[name] = v
+        out[name] = spec[name].parse(name, values[0])
     return out
+
+
+def json_depth_exceeds(text: str, limit: int) -> bool:
+    """Whether arrays/objects in the JSON `text` nest deeper than `limit` (brackets inside
+    strings do not count). Linear, no recursion: json.loads would recurse once per level."""
+    depth, in_string, escaped = 0, False, False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch in "]}":
+            depth -= 1
+    return False
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = LISTEN_BACKLOG
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, _CLIENT_GONE):  # the page was closed or reloaded mid-answer
+            log.debug("client %s left: %r", client_address, exc)
+            return
+        log.error("error on a connection from %s", client_address, exc_info=True)
 
 
 class DemoServer:
@@ -94,8 +167,7 @@ class DemoServer:
         self.engine = engine
         self.page = PAGE.read_bytes()
         handler = type("Handler", (_Handler,), {"app": self})
-        self.httpd = ThreadingHTTPServer((host, port), handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _Server((host, port), handler)
         self.host = host
         self.port = self.httpd.server_address[1]
         self.loopback_only = is_loopback(host)
@@ -220,8 +292,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(e.status, str(e))
         except ConfigError as e:
             self._error(HTTPStatus.BAD_REQUEST, str(e))
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the page went away mid-answer
+        except _CLIENT_GONE:
+            self.close_connection = True  # the page went away mid-answer
         except Exception as e:
             log.exception("error answering %s %s", self.command, self.path)
             try:
@@ -267,9 +339,15 @@ class _Handler(BaseHTTPRequestHandler):
             raise BadRequest("send the body as JSON with Content-Type: application/json "
                              f"(got {ctype or 'none'!r})", HTTPStatus.UNSUPPORTED_MEDIA_TYPE)
         try:
-            return json.loads(body.decode("utf-8"),
-                              parse_constant=_reject_constant)
-        except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise BadRequest(f"the body is not valid JSON ({e})") from None
+        if json_depth_exceeds(text, MAX_JSON_DEPTH):
+            raise BadRequest(f"the body nests arrays/objects more than {MAX_JSON_DEPTH} deep; "
+                             "send a flat JSON object such as {\"target_fps\": 15}")
+        try:
+            return json.loads(text, parse_constant=_reject_constant)
+        except (json.JSONDecodeError, ValueError, RecursionError) as e:
             raise BadRequest(f"the body is not valid JSON ({e})") from None
 
     # -- routes ------------------------------------------------------------------------------
@@ -284,7 +362,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon")
 
     def frame(self, query: str) -> None:
-        parse_query(query, {"seq": int})
+        parse_query(query, {"seq": Param(int, 0, MAX_SEQ)})
         got = self.app.engine.jpeg()
         if got is None:
             raise BadRequest("no frame yet; retry in a moment", HTTPStatus.SERVICE_UNAVAILABLE)
@@ -300,10 +378,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._json({"variants": self.app.engine.variants()})
 
     def history(self, query: str) -> None:
-        q = parse_query(query, {"since": float, "max": int})
+        q = parse_query(query, {"since": Param(float, -1.0), "max": Param(int, 1, 5000)})
         n = q.get("max", 2000)
-        if not 1 <= n <= 5000:
-            raise BadRequest(f"query parameter 'max' must be in 1..5000, got {n}")
         self._json(self.app.engine.history(q.get("since", -1.0), n))
 
     def get_config(self, query: str) -> None:
