@@ -481,17 +481,28 @@ def export_tflite(bundle_path: str | os.PathLike, precisions: Sequence[str] = ("
             raise SnrtError(f"tolerance for unknown precision '{p}'")
         tols[p] = t
     bundle = _open_for_export(Path(bundle_path))
-    chosen = bundle.variants if variants is None else list(
-        {bundle.variant(k).id: bundle.variant(k) for k in variants}.values())
+    subnets = bundle.open_membership  # elastic subnets: any member of the space, listed or not
+    if subnets:
+        from .subnet_tflite import choose_subnets, list_members
+
+        ids = choose_subnets(bundle, variants)
+    else:
+        chosen = bundle.variants if variants is None else list(
+            {bundle.variant(k).id: bundle.variant(k) for k in variants}.values())
     x, inputs = _verification_inputs(bundle, images, n_inputs, seed)
     tf_version = _tensorflow_version()  # MissingExtraError before any work if absent
     engine = load_engine()  # likewise without LiteRT
+    if subnets:  # members not listed yet become listed: the manifest records files per variant
+        if added := list_members(bundle, ids):
+            log.info("listed %d more subnets for their TFLite files: %s", len(added), added)
+            bundle = Bundle.open(bundle.path, verify="size")
+        chosen = [bundle.variant(i) for i in ids]
     settings = _settings(tf_version, f"{engine.name} {engine.version}", tols, inputs)
     sid = settings["settings_id"]
     log.info("TFLite export of %d variants x %s from %s; verifying on %s", len(chosen),
              precisions, bundle.path, inputs)
     report = TFLiteExportReport(bundle.path, inputs)
-    family: Family | None = None
+    family = None  # Family (stitches) or SubnetTFLite, made on first need
     space = bundle.variant_space()
     total = len(chosen) * len(precisions)
     with Progress(total, "export tflite", enabled=progress) as bar:
@@ -513,12 +524,20 @@ def export_tflite(bundle_path: str | os.PathLike, precisions: Sequence[str] = ("
                 continue
             if family is None:
                 tf = _require_tensorflow()
-                family = bundle.load_family()
-            ref = _reference(bundle, v, x)
+                if subnets:
+                    from .subnet_tflite import SubnetTFLite
+
+                    family = SubnetTFLite(bundle)
+                else:
+                    family = bundle.load_family()
+            ref = family.reference(v.id, x) if subnets else _reference(bundle, v, x)
             with tempfile.TemporaryDirectory(prefix="snrt-tflite-") as work:
                 saved = Path(work) / "saved_model"
-                _TFRouteBuilder(family, tf).save(space.get(v.id).route.pieces(space.depth),
-                                                 saved)
+                if subnets:
+                    family.save(tf, v.id, saved)
+                else:
+                    _TFRouteBuilder(family, tf).save(
+                        space.get(v.id).route.pieces(space.depth), saved)
                 gc.collect()  # the variables are in the SavedModel now; free the TF copies
                 for prec, rel in todo:
                     res = _export_one(tf, bundle.path, v, prec, rel, saved, x, ref, tols[prec],
