@@ -123,6 +123,10 @@ def test_ufo_fp32_listed_and_unlisted_member(ufo):
     for sid in (UFO_LISTED, UFO_UNLISTED):
         err = _check_vs_torch(b, sid, R.ufo_subnet(sd, UFO_GEOM, sid, UFO_TABLE), "fp32")
         print(f"{sid} fp32 vs torch {err:.2e}")
+    with snrt.Runtime(b, variants=[UFO_UNLISTED]) as rt:  # still runs on onnxruntime's pieces
+        x = _x(2)
+        want = R.forward(R.ufo_subnet(sd, UFO_GEOM, UFO_UNLISTED, UFO_TABLE), x)
+        assert np.abs(np.asarray(rt.infer(x)) - want).max() <= 1e-4
 
 
 @pytest.mark.parametrize("bad,where", [("w160d3", "allowed widths"), ("w128d2", "allowed"),
@@ -146,3 +150,10 @@ def test_default_refuses_more_than_20_listed_naming_the_flag(tmp_path):
     _, b = _bundle(tmp_path, UFO_GEOM, UFO_TABLE, 33, "--sample", "21")
     with pytest.raises(SnrtError, match="--variants"):
         export_tflite(b, ["fp32"], progress=False)
+
+
+def test_help_names_the_flag(capsys):
+    with pytest.raises(SystemExit):
+        main(["tflite", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--variants" in out and "any member of its space" in out
