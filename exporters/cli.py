@@ -94,7 +94,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("bundle")
     t.add_argument("--precisions", default="fp32,fp16,int8",
                    help="comma list of fp32,fp16,int8 (default all three)")
-    t.add_argument("--variants", nargs="+", metavar="ID", help="ids or cfg_ids (default all)")
+    t.add_argument("--variants", nargs="+", metavar="ID[,ID...]",
+                   help="ids or cfg_ids, space- or comma-separated (default: all listed "
+                        "variants). A subnets bundle takes any member of its space, listed or "
+                        "not (e.g. --variants w192d5,w256d8 or a UFO arch string; a member "
+                        "not listed yet becomes listed); without --variants its listed "
+                        "subnets, refused when more than 20")
     t.add_argument("--images", metavar="DIR", help="verify on these images (default: seeded "
                                                    "random inputs)")
     t.add_argument("--n-inputs", type=int, default=8, help="verification inputs (default 8)")
@@ -256,6 +261,12 @@ def _adopt_stitch_layers(family: Family, donor: Family, space: VariantSpace) -> 
         family.stitch_layers[pair] = donor.stitch_layers[pair]
 
 
+def _split_ids(variants: list[str] | None) -> list[str] | None:
+    if variants is None:
+        return None
+    return [s.strip() for k in variants for s in k.split(",") if s.strip()]
+
+
 def _tflite(args) -> int:
     import os
 
@@ -263,7 +274,7 @@ def _tflite(args) -> int:
     from .tflite_export import export_tflite
 
     report = export_tflite(args.bundle, [p.strip() for p in args.precisions.split(",")],
-                           variants=args.variants, images=args.images,
+                           variants=_split_ids(args.variants), images=args.images,
                            n_inputs=args.n_inputs, force=args.force, progress=not args.quiet)
     print(report.table())
     return 0 if report.ok else 1
