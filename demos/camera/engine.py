@@ -116,7 +116,8 @@ def build_controller(rt: Runtime, monitor, *, target_fps: float | None, frame: n
         t0 = time.monotonic()
         base = calibrate(rt, ids, frame, runs=calibrate_runs)
         acc = {v.id: v.top1 for v in rt.variants if v.top1 is not None}
-        ctl = Controller(monitor, base, acc or None, config=cfg)
+        ctl = Controller(monitor, base, acc or None, config=cfg, rank=ctl.rank,
+                         flops=ctl.flops)  # as auto chose: FLOPs when no top-1
         source = f"measured now ({len(ids)} variants, {time.monotonic() - t0:.1f} s)"
         log.info("controller latencies %s: %s", source,
                  ", ".join(f"{k} {v:.2f} ms" for k, v in base.items()))
