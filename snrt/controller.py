@@ -31,6 +31,15 @@ I/O wait) the controller:
    steps. A return that meets the load again steps down within a few frames and doubles the
    dwell, like any premature step up.
 
+What "most accurate" means (`rank`): "accuracy" (the default) ranks by the measured top-1 the
+bundle or the lookup table records, and refuses (SnrtError) when no candidate has one, as
+elastic subnets exported from a supernet do until they are evaluated; "flops" ranks by FLOPs
+(more FLOPs taken as more accurate: a stated proxy, never a measurement), on the latency-FLOPs
+Pareto front. `Controller.auto` (Runtime(controller="auto")) falls back to "flops" with a
+warning when no variant has an accuracy; snrt-run needs `--rank flops` for that. Stitches and
+subnets are variants alike: `Controller.from_table` builds ONE front over every bundle a
+(merged, `snrt-lut merge`) lookup table holds.
+
 `decide()` is a pure function of (state, estimates, current, time): easy to test and tune.
 """
 
@@ -96,8 +105,9 @@ class PolicyConfig:
 @dataclass(frozen=True)
 class Candidate:
     id: str
-    accuracy: float  # top-1 %, or a proxy (FLOPs rank) when unknown
+    accuracy: float  # top-1 %, or MFLOPs with rank="flops" (the proxy the user chose)
     base_ms: float  # latency on this device without contention (table p50)
+    label: str = "top1"  # what `accuracy` holds, for the reasons: "top1" or "MFLOPs"
 
 
 @dataclass(frozen=True)
@@ -234,12 +244,12 @@ def decide(state: PowerState, candidates: list[Candidate], current: str, content
                      else "ever")
             return Decision("up", back.id, b, contention, est[back.id],
                             f"{note}: no miss for {quiet}: back to {back.id}, the variant "
-                            f"before the slowdown (top1 {back.accuracy:.2f} > "
+                            f"before the slowdown ({back.label} {back.accuracy:.2f} > "
                             f"{cur.accuracy:.2f})", True, home=True)
         if roomy:
             c = max(roomy, key=lambda c: (c.accuracy, -est[c.id]))
             return Decision("up", c.id, b, contention, est[c.id],
-                            f"{note}: room for {c.id} (est {est[c.id]:.1f} ms, top1 "
+                            f"{note}: room for {c.id} (est {est[c.id]:.1f} ms, {c.label} "
                             f"{c.accuracy:.2f} > {cur.accuracy:.2f})", True)
     return Decision("keep", cur.id, b, contention, cur_est, f"{note}: keep {cur.id}", False)
 
@@ -296,9 +306,14 @@ class Controller:
     def __init__(self, monitor: Monitor, base_ms: dict[str, float],
                  accuracy: dict[str, float] | None = None, *,
                  config: PolicyConfig = PolicyConfig(), clock=time.monotonic,
-                 decide_every_s: float = 0.0, history: int = 2048):
+                 decide_every_s: float = 0.0, history: int = 2048, rank: str = "accuracy",
+                 flops: dict[str, float] | None = None):
         if not base_ms:
             raise SnrtError("the controller needs latency figures for at least one variant")
+        if rank not in RANKS:
+            raise SnrtError(f"rank {rank!r}: give one of {list(RANKS)}")
+        self.rank = rank
+        self.flops = dict(flops or {})
         self.monitor = monitor
         self.config = config
         self.clock = clock
@@ -329,7 +344,8 @@ class Controller:
     @classmethod
     def auto(cls, rt, *, table: LookupTable | str | os.PathLike | None = None,
              monitor: Monitor | None = None, config: PolicyConfig | None = None,
-             backend: str | None = None, precision: str = "fp32") -> Controller:
+             backend: str | None = None, precision: str = "fp32",
+             rank: str | None = None) -> Controller:
         """Controller for a runtime: this device's lookup table (from `table`, else
         $SNRT_LOOKUP_TABLES, the per-user data directory, ./lookup_tables or the shipped
         tables: snrt.paths), else FLOPs-proportional estimates that the
@@ -353,20 +369,67 @@ class Controller:
             source = "FLOPs (no lookup table for this device)"
         base = {k: v for k, v in base.items() if k in ids}
         acc = {v.id: v.top1 for v in rt.variants if v.top1 is not None}
-        log.info("controller: latencies from %s, %d candidates", source, len(base))
-        ctl = cls(monitor or SystemMonitor(), base, acc or None, config=config or PolicyConfig())
+        infos = {k: rt.bundle.variant(k) for k in base}
+        if tbl is not None and not acc:  # accuracies a table may carry (evaluated subnets)
+            acc = {e.variant: e.accuracy for e in es
+                   if e.accuracy is not None and e.variant in base}
+        if rank is None:
+            rank = "accuracy" if acc else "flops"
+            if not acc:
+                log.warning("controller: no variant of %s has a measured accuracy: ranking by "
+                            "FLOPs (rank='flops', a proxy)", rt.bundle.name)
+        log.info("controller: latencies from %s, %d candidates, ranked by %s", source,
+                 len(base), rank)
+        ctl = cls(monitor or SystemMonitor(), base, acc or None, config=config or PolicyConfig(),
+                  rank=rank, flops={k: v.flops for k, v in infos.items()})
         ctl.source = source
         return ctl
 
+    @classmethod
+    def from_table(cls, monitor: Monitor, table: LookupTable, *, backend: str = "onnxruntime",
+                   precision: str = "fp32", threads: int = 1, bundles: list[str] | None = None,
+                   rank: str = "accuracy", **kw) -> Controller:
+        """A controller over every variant `table` holds at backend/precision/threads, of every
+        bundle (or of `bundles`, keys "name@sha"): stitches of one bundle and subnets of
+        another are candidates alike, on one Pareto front. Accuracies and FLOPs come from the
+        entries. A variant id in two bundles is an error (the runtime could not tell them
+        apart)."""
+        es = [e for e in table.select(None, backend, precision, threads)
+              if bundles is None or e.bundle in bundles]
+        if not es:
+            raise SnrtError(f"lookup table {table.device.id} has no entries at {backend}/"
+                            f"{precision}/threads={threads}"
+                            f"{f' for {bundles}' if bundles else ''}; profile with snrt-profile")
+        seen: dict[str, str] = {}
+        for e in es:
+            if seen.setdefault(e.variant, e.bundle) != e.bundle:
+                raise SnrtError(f"variant id {e.variant!r} is in two bundles of the table "
+                                f"({seen[e.variant]}, {e.bundle}); pass bundles=[...] to pick")
+        return cls(monitor, {e.variant: e.p50_ms for e in es},
+                   {e.variant: e.accuracy for e in es if e.accuracy is not None} or None,
+                   rank=rank, flops={e.variant: e.flops for e in es}, **kw)
+
     def _candidates(self) -> list[Candidate]:
         ids = list(self.base_ms)
-        if self.accuracy:
+        if self.rank == "flops":
+            missing = [i for i in ids if not self.flops.get(i)]
+            if missing:
+                raise SnrtError(f"rank 'flops': no FLOPs for {missing[:3]}; give flops={{id: "
+                                "FLOPs}} or rank by accuracy")
+            acc = {i: self.flops[i] / 1e6 for i in ids}  # MFLOPs: the proxy the user chose
+        elif self.accuracy:
             ids = [i for i in ids if i in self.accuracy]
             acc = self.accuracy
-        else:  # unknown accuracy: more FLOPs-equivalent time = more capacity (documented proxy)
-            acc = {i: self.base_ms[i] for i in ids}
-        cands = [Candidate(i, acc[i], self.base_ms[i]) for i in ids]
-        if self.config.pareto_only and self.accuracy:
+        else:
+            raise SnrtError(
+                f"none of the {len(ids)} variants ({', '.join(ids[:3])}"
+                f"{', ...' if len(ids) > 3 else ''}) has a measured top-1 accuracy (elastic "
+                "subnets have none until evaluated), so the controller cannot rank them by "
+                "accuracy; rank by FLOPs instead (snrt-run --rank flops, Controller(..., "
+                "rank='flops')), or record accuracies in the bundle or the lookup table")
+        label = "MFLOPs" if self.rank == "flops" else "top1"
+        cands = [Candidate(i, acc[i], self.base_ms[i], label) for i in ids]
+        if self.config.pareto_only and (self.accuracy or self.rank == "flops"):
             from .lookup_table import Entry
 
             es = [Entry("", c.id, 0, "", "", 1, c.base_ms, c.base_ms, accuracy=c.accuracy)
@@ -374,7 +437,8 @@ class Controller:
             front = {e.variant for e in pareto_front(es)}
             cands = [c for c in cands if c.id in front]
         if not cands:
-            raise SnrtError("no variant has both a latency and an accuracy")
+            raise SnrtError("no variant has both a latency and an accuracy; rank by FLOPs "
+                            "(snrt-run --rank flops, rank='flops')")
         return sorted(cands, key=lambda c: c.base_ms)
 
     # -- runtime hooks -----------------------------------------------------------------------
@@ -505,7 +569,7 @@ class Controller:
                 "contention": self.contention.value, "pinned": self._pinned,
                 "misses": _miss_json(self.miss_stats()), "deadline_misses": self.deadline_misses,
                 "dwell_s": self.dwell_s, "home": self._home[0] if self._home else None,
-                "current": rt.current.id if rt else None,
+                "current": rt.current.id if rt else None, "rank": self.rank,
                 "candidates": [asdict(c) for c in self.candidates],
                 "config": asdict(self.config)}
 
@@ -521,6 +585,9 @@ def _dec_json(d: Decision) -> dict:
     return {"kind": d.kind, "target": d.target, "budget_ms": d.budget.budget_ms,
             "why": d.budget.why,
             "contention": d.contention, "est_ms": d.est_ms, "reason": d.reason}
+
+
+RANKS = ("accuracy", "flops")
 
 
 def _find_table(table) -> LookupTable | None:
@@ -542,5 +609,5 @@ def _find_table(table) -> LookupTable | None:
     return None
 
 
-__all__ = ["Budget", "Candidate", "ContentionEstimate", "Controller", "Decision", "MissStats",
-           "PolicyConfig", "decide", "frame_budget"]
+__all__ = ["RANKS", "Budget", "Candidate", "ContentionEstimate", "Controller", "Decision",
+           "MissStats", "PolicyConfig", "decide", "frame_budget"]

@@ -1,6 +1,7 @@
 """snrt-run: the main job end to end on a bundle (default: the bundled default family).
 
     snrt-run [BUNDLE] [--seconds 30] [--fps 30] [--threads 1] [--tables DIR]
+             [--rank accuracy|flops]
 
 1. opens and verifies the bundle, lists its variants (FLOPs, params, accuracy);
 2. looks up this device's lookup table (<device-id>.json) in `--tables` if given, then in the
@@ -14,6 +15,10 @@
    simulated battery that drains from 100% to 5% over `--seconds`, power saving switching on at
    30%; prints every switch and its reason, then a summary per battery band: variant used,
    latency, and accuracy on the labelled sample images.
+
+The controller ranks variants by measured top-1 (from the bundle, else the lookup table). A
+bundle with no accuracy (elastic subnets until evaluated) is refused before any profiling
+unless `--rank flops`: more FLOPs taken as more accurate, a proxy the user opts into.
 """
 
 from __future__ import annotations
@@ -67,6 +72,9 @@ def parser() -> argparse.ArgumentParser:
                     help="lookup table directory to look in first and to write a new profile "
                          "to (default: the per-user data directory; the shipped tables are "
                          "read, never written)")
+    ap.add_argument("--rank", choices=("accuracy", "flops"), default="accuracy",
+                    help="what the controller maximises: measured top-1 (default; refused "
+                         "when no variant has one, e.g. elastic subnets) or FLOPs (a proxy)")
     ap.add_argument("--threads", type=cli_args.threads, default=1,
                     help=f"intra-op threads, 1 to {cli_args.MAX_THREADS} (default 1)")
     return ap
@@ -104,6 +112,12 @@ def _find_table(first, dev, key: str, threads: int, variants):
     return None, None
 
 
+def _table_accuracy(table, key: str, threads: int) -> dict:
+    """{variant: top-1} the table's entries for `key` carry (e.g. evaluated subnets)."""
+    return {e.variant: e.accuracy for e in table.select(key, "onnxruntime", "fp32", threads)
+            if e.accuracy is not None}
+
+
 def _paced_median_ms(rt, variant: str, x, period_ms: float, seconds: float = 1.0) -> float:
     """Median latency of `variant` run once per period (a frame, then sleep), as the frame loop
     runs it: on a shared VM that is often 1.3-3x the back-to-back figure in the lookup table,
@@ -139,16 +153,24 @@ def _run(args) -> int:
     b = rt.bundle
     print(f"bundle {b.path} — family {b.name}, {len(b.variants)} variants, "
           f"loaded and warmed in {rt.load_seconds:.1f}s")
+    subnets = b.open_membership
     anchors = [v for v in b.variants if v.is_anchor]
     for v in anchors:
         acc = f"{v.top1:.2f}%" if v.top1 is not None else "-"
-        print(f"  anchor {v.id:4s} {v.flops / 1e6:9.1f} MFLOPs {v.params / 1e6:6.3f} M params"
+        print(f"  {'subnet' if subnets else 'anchor'} {v.id:4s} {v.flops / 1e6:9.1f} MFLOPs "
+              f"{v.params / 1e6:6.3f} M params"
               f"  top-1 {acc}")
 
     # 2. this device's lookup table
     dev = describe_device()
     key = bundle_key(b)
     table, tpath = _find_table(args.tables, dev, key, args.threads, b.variants)
+    if args.rank == "accuracy" and not any(v.top1 is not None for v in b.variants) and not (
+            table and _table_accuracy(table, key, args.threads)):
+        raise SnrtError(f"{b.path}: no variant has a measured top-1 accuracy (in the bundle or "
+                        "a lookup table), so the controller cannot rank them by accuracy; "
+                        "pass --rank flops to rank by FLOPs (a proxy: more FLOPs taken as more "
+                        "accurate)")
     if table is None:
         write_dir = args.tables
         if write_dir is None or is_shipped(write_dir):
@@ -173,8 +195,11 @@ def _run(args) -> int:
         print(f"using lookup table {tpath}")
     es = table.select(key, "onnxruntime", "fp32", args.threads)
     base = {e.variant: e.p50_ms for e in es}
-    acc = {v.id: v.top1 for v in b.variants if v.top1 is not None}
-    best = max(acc, key=acc.get) if acc else max(base, key=base.get)
+    acc = {v.id: v.top1 for v in b.variants if v.top1 is not None} or _table_accuracy(
+        table, key, args.threads)
+    flops = {v.id: v.flops for v in b.variants}
+    score = acc if args.rank == "accuracy" else flops
+    best = max(base, key=lambda k: (score.get(k, -math.inf), -base[k]))
     samples = _samples(b)
     fps = args.fps
     if fps is None:
@@ -191,8 +216,10 @@ def _run(args) -> int:
     mon = SimulatedMonitor(clock=clock, battery_start_pct=100.0,
                            drain_pct_per_h=95.0 / secs * 3600,
                            power_saving=[(0.0, False), (secs * 70 / 95, True)])
-    ctl = Controller(mon, base, acc or None, clock=clock,
+    ctl = Controller(mon, base, acc or None, clock=clock, rank=args.rank, flops=flops,
                      config=PolicyConfig(target_fps=fps, headroom=0.8, min_dwell_s=1.0))
+    print(f"controller ranks by {args.rank} over {len(ctl.candidates)} Pareto variants: "
+          + ", ".join(c.id for c in ctl.candidates))
     rt.switch(best)
     rt.on_switch(lambda e: print(f"  t={clock():5.1f}s battery "
                                  f"{mon.read().battery_pct:5.1f}%  {e.from_id} -> {e.to_id}: "

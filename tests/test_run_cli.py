@@ -7,14 +7,14 @@ from snrt.run_cli import main
 def test_snrt_run_profiles_then_runs(tiny_family, tmp_path, capsys):
     tables = tmp_path / "tables"
     assert main([str(tiny_family["bundle"]), "--seconds", "2", "--fps", "50",
-                 "--tables", str(tables)]) == 0
+                 "--tables", str(tables), "--rank", "flops"]) == 0  # no top-1
     out = capsys.readouterr().out
     assert "profiling 23 variants" in out and "frames," in out
     t = LookupTable.load(next(tables.glob("*.json")))
     assert len(t.entries) == 23 and all(e.count >= 15 for e in t.entries)
     # second run reuses the table
     assert main([str(tiny_family["bundle"]), "--seconds", "1", "--fps", "50",
-                 "--tables", str(tables)]) == 0
+                 "--tables", str(tables), "--rank", "flops"]) == 0
     assert "using lookup table" in capsys.readouterr().out
 
 

@@ -72,7 +72,9 @@ def build_controller(rt: Runtime, monitor, *, target_fps: float | None, frame: n
     acc = {v.id: v.top1 for v in rt.variants if v.top1 is not None}
     if latency is not None and latency.simulated:
         base = {vid: latency.table_ms[vid] for vid in candidate_ids(rt.variants)}
-        ctl = Controller(monitor, base, acc or None, config=cfg, clock=clock)
+        ctl = Controller(monitor, base, acc or None, config=cfg, clock=clock,
+                         rank="accuracy" if acc else "flops",  # FLOPs only without a top-1
+                         flops={v.id: v.flops for v in rt.variants})
         source = latency.description
     else:
         ctl = Controller.auto(rt, monitor=monitor, config=cfg)
@@ -82,7 +84,8 @@ def build_controller(rt: Runtime, monitor, *, target_fps: float | None, frame: n
             ids = candidate_ids(rt.variants)
             t0 = time.monotonic()
             base = calibrate(rt, ids, frame, runs=calibrate_runs)
-            ctl = Controller(monitor, base, acc or None, config=cfg, clock=clock)
+            ctl = Controller(monitor, base, acc or None, config=cfg, clock=clock,
+                             rank=ctl.rank, flops=ctl.flops)  # as auto chose: FLOPs w/o top-1
             source = f"measured now ({len(ids)} variants, {time.monotonic() - t0:.1f} s)"
             log.info("controller latencies %s: %s", source,
                      ", ".join(f"{k} {v:.2f} ms" for k, v in base.items()))
