@@ -36,7 +36,6 @@ p = psutil.Process()
 def mem():
     gc.collect(); m = p.memory_full_info(); return m.rss, m.pss
 rt = snrt.Runtime(b, variants=["s"], tasks=[], **opts)
-x = np.zeros((1, 1, 28, 28), np.float32) if False else None
 img = sorted((snrt.default_bundle().parent / "samples").glob("*.png"))[0]
 rt.infer(img)
 n0 = rt._backend.session_count; r0, p0 = mem()
