@@ -17,6 +17,8 @@ reference swap that creates no session:
                                        # back to the backbone's own head; rt.switch("s") keeps
                                        # the active task
     rt.run(img).task, rt.run(img).variant    # which task and variant produced the logits
+    rt.add_task("digits")              # a task the bundle records, made ready while running
+                                       # (Runtime(tasks=[]) starts with none)
 
 `task=None` (the default everywhere) means the active task, `task=False` the backbone's own
 head, as `variant=None` means the active variant.
@@ -143,6 +145,7 @@ class Runtime:
         self.backend_name = backend
         self.threads = threads
         self._lock = threading.Lock()
+        self._add_lock = threading.Lock()  # add_task(): one at a time
         self._listeners: list[Callable[[SwitchEvent], None]] = []
         self._frames: collections.deque[FrameRecord] = collections.deque(maxlen=history)
         self._switches: collections.deque[SwitchEvent] = collections.deque(maxlen=history)
@@ -193,6 +196,30 @@ class Runtime:
         accuracy per variant, params, bytes)."""
         return list(self._tasks.values())
 
+    def add_task(self, name: str):
+        """Make the bundle's task `name` ready on this running Runtime (for every ready variant
+        it was trained for) and return its TaskInfo; a task already ready is returned as is.
+        Safe while other threads run inference: the task's sessions are loaded first and the
+        name becomes visible to `task=` only when all of them are ready. Only the sessions the
+        task needs are created (its tuned runs and head; the frozen pieces are shared)."""
+        self._check_open()
+        if self.backend_name != "onnxruntime":
+            raise SnrtError(f"tasks run on the onnxruntime backend only (this runtime uses "
+                            f"'{self.backend_name}')")
+        with self._add_lock:
+            t = self._tasks.get(name)
+            if t is not None:
+                return t
+            t = self.bundle.task(name)  # names the bundle's tasks when it has none so named
+            for vid in t.variants:
+                v = self._ready_set.get(vid)
+                if v is not None:
+                    self._task_ex[(vid, name)] = self._backend.load_task(v, t)
+            self._tasks = {**self._tasks, name: t}  # one reference swap: readers see all or none
+            log.debug("task %s added (%d sessions open)", name,
+                      getattr(self._backend, "session_count", -1))
+            return t
+
     def _task_name(self, task) -> str | None:
         """None -> the active task; False -> None (the backbone's head); a name, checked."""
         if task is None:
@@ -201,8 +228,10 @@ class Runtime:
             return None
         if not isinstance(task, str) or task not in self._tasks:
             known = ", ".join(self._tasks) or "none"
-            raise SnrtError(f"unknown task {task!r}; this runtime's tasks: {known} (add one "
-                            "with snrt-export task)")
+            more = [t.name for t in self.bundle.tasks if t.name not in self._tasks]
+            hint = f"rt.add_task() makes one of the bundle's others ready: {', '.join(more)}" \
+                if more else "add one to the bundle with snrt-export task"
+            raise SnrtError(f"unknown task {task!r}; this runtime's tasks: {known} ({hint})")
         return task
 
     def _executor(self, v: VariantInfo, task: str | None = None):

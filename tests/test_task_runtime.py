@@ -175,3 +175,63 @@ def test_whole_graphs_with_a_task(setup, tmp_path):
         assert r._backend.session_count == n
     with pytest.raises(snrt.SnrtError, match="not variants of task"):
         add_task(snrt.default_bundle(), src, out=tmp_path / "x.snrt", graphs="b")
+
+
+def test_add_task_to_a_running_runtime(setup):
+    """Runtime(tasks=[]) then add_task(): the task runs like one ready at start (same torch
+    reference), creates only its own sessions (tuned runs and head; the frozen pieces are
+    shared with the plain variants), and is safe while other threads run inference."""
+    bundle, _ = setup
+    with snrt.Runtime(bundle, variants=READY, initial="s", tasks=[]) as r:
+        assert r.tasks == []
+        with pytest.raises(snrt.SnrtError, match="add_task.*faces, digits"):
+            r.infer(SAMPLES[0], task="faces")
+        before = r._backend.session_count
+        plain = r.infer(SAMPLES[0])
+        errors = []
+        stop = threading.Event()
+
+        def work():
+            while not stop.is_set():
+                if not np.array_equal(r.infer(SAMPLES[0]), plain):
+                    errors.append("plain logits changed")
+
+        th = threading.Thread(target=work)
+        th.start()
+        try:
+            t = r.add_task("faces")
+        finally:
+            stop.set()
+            th.join()
+        assert not errors and t.name == "faces" and [x.name for x in r.tasks] == ["faces"]
+        assert r.add_task("faces") is t  # already ready: nothing loaded
+        added = r._backend.session_count - before
+        assert added == r._backend.task_session_count("faces")
+        # the graphs placement (auto for this tiny family): one session per (variant, task)
+        assert r._backend.placement == "graphs" and added == 3
+        for vid in ("s", "ti>s@5:6", "ti"):
+            got = r.run(SAMPLES[0], task="faces", variant=vid)
+            assert (got.task, got.variant.id) == ("faces", vid)
+            want = _ref_logits(setup, "faces", vid, SAMPLES[0])
+            assert float(np.abs(got.logits - want).max()) <= 1e-4
+        with pytest.raises(snrt.SnrtError, match="no task 'cats'"):
+            r.add_task("cats")
+
+
+@pytest.mark.parametrize("merge, sessions", [(True, 7), (False, 10)])
+def test_task_runs_in_the_pieces_placement(setup, merge, sessions):
+    """Pieces placement: the faces task tunes blocks 0,2,4,5 of ti and 6,7,9,11 of s and has
+    a head on each. Merged, each run of consecutive task pieces is one session: s runs
+    (6,7) (9) (11,head), ti (0) (2) (4,5) (head), and ti>s@5:6 reuses (4,5), (6,7), (9) and
+    (11,head): 7 sessions. Unmerged, one per tuned block and head: 10. Same logits."""
+    bundle, _ = setup
+    with snrt.Runtime(bundle, variants=READY, initial="s", tasks=[], placement="pieces",
+                      merge_tasks=merge) as r:
+        before = r._backend.session_count
+        r.add_task("faces")
+        assert r._backend.session_count - before == sessions
+        assert r._backend.task_session_count("faces") == sessions
+        for vid in ("s", "ti>s@5:6", "ti"):
+            got = r.infer(SAMPLES[1], task="faces", variant=vid)
+            want = _ref_logits(setup, "faces", vid, SAMPLES[1])
+            assert float(np.abs(got - want).max()) <= 1e-4

@@ -113,7 +113,8 @@ class OrtBackend:
     def __init__(self, bundle: Bundle, *, threads: int = 1, placement: str = "auto",
                  variants: list[VariantInfo] | None = None, precision: str = "fp32",
                  shared_arena: bool = True, prepack: bool = True,
-                 share_weights: bool = False):
+                 share_weights: bool = False, merge_tasks: bool = True,
+                 task_prepack: bool = False):
         if placement not in PLACEMENTS:
             raise SnrtError(f"unknown placement '{placement}'; choose from {PLACEMENTS}")
         if precision != "fp32":
@@ -127,7 +128,11 @@ class OrtBackend:
         # the file (one copy in memory for all sessions; with prepack=True each session still
         # packs its own copy for speed)
         self.share_weights = share_weights
-        self._mmap = None
+        self._mmaps: dict[str, np.memmap] = {}  # data file (as graphs name it) -> its mmap
+        # tasks: consecutive task pieces run as one session (False: one session per piece);
+        # those sessions compute on the mmapped weights unless task_prepack
+        self.merge_tasks = merge_tasks
+        self.task_prepack = task_prepack
         planned = variants if variants is not None else bundle.variants
         if any(v.graph is None for v in planned) or \
                 bundle.open_membership:
@@ -142,26 +147,77 @@ class OrtBackend:
         self._executors: dict[str, ChainExecutor] = {}
         self._task_executors: dict[tuple[str, str], ChainExecutor] = {}
         self._task_whole: set[tuple[str, str]] = set()  # task executors of one whole graph
+        self._runs: dict[tuple[str, ...], _Step] = {}  # consecutive pieces, one session
         self._lock = threading.Lock()
 
     def info(self) -> dict:
         return {"backend": self.name, "version": ort.__version__, "placement": self.placement,
                 "threads": self.threads, "sessions": self.session_count}
 
-    def _shared_initializers(self, path) -> dict:
-        from ..manifest import WEIGHTS
+    def _shared_initializers(self, path, buf: bytes | None = None, prefix: str = "",
+                             every_file: bool = False) -> dict:
+        """OrtValues over one read-only mmap per data file for the graph's external tensors
+        (weights.bin; with every_file, also a task's task_<name>.bin), named `prefix`+name."""
         from ..onnx_file import read_onnx_info
 
-        if self._mmap is None:
-            self._mmap = np.memmap(self.bundle.file(WEIGHTS), dtype=np.uint8, mode="r")
         out = {}
-        for r in read_onnx_info(path.read_bytes()).external:
-            if r.location != "weights.bin":
+        for r in read_onnx_info(path.read_bytes() if buf is None else buf).external:
+            if r.location != "weights.bin" and not every_file:
                 continue
+            mm = self._mmaps.get(r.location)
+            if mm is None:
+                f = path.parent / r.location
+                mm = self._mmaps[r.location] = np.memmap(f, dtype=np.uint8, mode="r")
             n = 4 * int(np.prod(r.dims, dtype=np.int64))
-            a = self._mmap[r.offset:r.offset + n].view(np.float32).reshape(r.dims)
-            out[r.tensor] = ort.OrtValue.ortvalue_from_numpy(a)
+            if r.offset + n > len(mm):
+                raise BundleError(f"{path}: tensor '{r.tensor}' reads past the end of "
+                                  f"{r.location}; re-export the bundle")
+            a = mm[r.offset:r.offset + n].view(np.float32).reshape(r.dims)
+            out[prefix + r.tensor] = ort.OrtValue.ortvalue_from_numpy(a)
         return out
+
+    def _run_step(self, pids: tuple[str, ...]) -> _Step:
+        """One session for consecutive pieces (snrt.onnx_compose), every weight an OrtValue
+        over the bundle's files (none copied; prepacking as self.task_prepack)."""
+        from ..onnx_compose import chain_models, prefix
+
+        paths = [self.bundle.piece_path(pid) for pid in pids]
+        blobs = [p.read_bytes() for p in paths]
+        inits = {}
+        for k, (p, b) in enumerate(zip(paths, blobs)):
+            inits.update(self._shared_initializers(p, b, prefix(k), every_file=True))
+        model = chain_models(blobs, [str(p) for p in paths])
+        so = session_options(self.threads, self.shared_arena, self.task_prepack)
+        # a model given as bytes resolves external data here (every tensor is supplied below)
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                    str(paths[0].parent))
+        for name, value in inits.items():
+            so.add_initializer(name, value)
+        try:
+            s = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises several types here
+            raise BundleError(f"{paths[0]} .. {paths[-1].name}: onnxruntime cannot load "
+                              f"them chained ({type(e).__name__}: {str(e)[:200]}); "
+                              "re-export the bundle") from None
+        return _Step(s, s.get_inputs()[0].name, s.get_outputs()[0].name)
+
+    def _task_segments(self, chain: list[str], task: str) -> list[tuple[str, ...]]:
+        """The chain cut into the segments that get one session each: with merge_tasks, a run
+        of consecutive task pieces is one segment (the whole chain in the graphs placement,
+        whose frozen pieces no plain variant has loaded); else every piece alone."""
+        if not self.merge_tasks or not chain:
+            return [(p,) for p in chain]
+        if self.placement == "graphs":
+            return [tuple(chain)]
+        out: list[list[str]] = []
+        suffix = f"@{task}"
+        for pid in chain:
+            mine = pid.endswith(suffix)
+            if mine and out and out[-1][-1].endswith(suffix):
+                out[-1].append(pid)
+            else:
+                out.append([pid])
+        return [tuple(s) for s in out]
 
     def _step(self, path) -> _Step:
         inits = self._shared_initializers(path) if self.share_weights else None
@@ -210,8 +266,15 @@ class OrtBackend:
             if whole is not None:  # one session for the whole variant with the task
                 steps = fresh = [self._step(whole)]
                 self._task_whole.add(key)
-            for pid in [] if whole is not None else task.chain(variant.pieces,
-                                                                 variant.anchors):
+            chain = [] if whole is not None else task.chain(variant.pieces, variant.anchors)
+            for seg in self._task_segments(chain, task.name):
+                if len(seg) > 1:  # a run of pieces as one session, shared by every variant
+                    if seg not in self._runs:  # with the same run
+                        self._runs[seg] = self._run_step(seg)
+                        fresh.append(self._runs[seg])
+                    steps.append(self._runs[seg])
+                    continue
+                (pid,) = seg
                 if pid not in self._pieces:
                     self._pieces[pid] = self._step(self.bundle.piece_path(pid))
                     fresh.append(self._pieces[pid])
@@ -225,8 +288,16 @@ class OrtBackend:
     @property
     def session_count(self) -> int:
         """onnxruntime sessions open now (pieces, and whole graphs in the graphs placement)."""
-        return len(self._pieces) + len(self._task_whole) + (
+        return len(self._pieces) + len(self._runs) + len(self._task_whole) + (
             len(self._executors) if self.placement == "graphs" else 0)
+
+    def task_session_count(self, task: str) -> int:
+        """Sessions open now that only `task` uses (its tuned pieces or runs, its heads, its
+        whole graphs)."""
+        suffix = f"@{task}"
+        return sum(1 for pid in self._pieces if pid.endswith(suffix)) + \
+            sum(1 for seg in self._runs if any(p.endswith(suffix) for p in seg)) + \
+            sum(1 for _, t in self._task_whole if t == task)
 
     @staticmethod
     def _warm(step: _Step, runs: int = 2) -> None:
@@ -248,6 +319,8 @@ class OrtBackend:
                 used |= {id(s) for ex in self._executors.values() for s in ex.steps}
             for pid in [p for p, s in self._pieces.items() if id(s) not in used]:
                 del self._pieces[pid]
+            for seg in [g for g, s in self._runs.items() if id(s) not in used]:
+                del self._runs[seg]
 
     def close(self) -> None:
         with self._lock:
@@ -255,3 +328,4 @@ class OrtBackend:
             self._task_executors.clear()
             self._task_whole.clear()
             self._pieces.clear()
+            self._runs.clear()
