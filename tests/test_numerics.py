@@ -168,7 +168,7 @@ def test_runtime_and_controller_run_without_scipy(tiny_family, tmp_path):
         from snrt.run_cli import main
 
         rc = main([{str(tiny_family["bundle"])!r}, "--seconds", "1", "--fps", "50",
-                   "--tables", {str(tmp_path / "tables")!r}])
+                   "--tables", {str(tmp_path / "tables")!r}, "--rank", "flops"])
         loaded = sorted(m for m in sys.modules if m.split(".")[0] == "scipy")
         print("RESULT", rc, attempts, loaded, "snrt.numerics" in sys.modules)
     """)
