@@ -33,6 +33,7 @@ import numpy as np
 from benchmarks.common import CACHE, random_vit_state_dict, table
 
 N_LISTED = 200
+N_SWITCHES = 300  # never-run subnets switched to (pieces ready); p99 needs a few hundred
 
 
 def build(cache: Path) -> tuple[Path, Path]:
@@ -131,12 +132,14 @@ def latency(bundle: Path, weights: Path, runs: int, opts: dict) -> dict:
         t = time.perf_counter()
         rt.infer(x, variant=sid)
         tr.append(time.perf_counter() - t)
-    fresh = [s for s in space.sample(300, seed=99) if s not in {v.id for v in b.variants}][:50]
-    sw = []
+    listed = {v.id for v in b.variants}
+    fresh = [s for s in space.sample(2 * N_SWITCHES, seed=99) if s not in listed][:N_SWITCHES]
+    sw, cpu = [], []  # wall and this thread's CPU time: their gap is time spent descheduled
     for s in fresh:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         rt.switch(s)
         sw.append(time.perf_counter() - t)
+        cpu.append(time.thread_time() - c)
     first_s, steady = [], []
     for s in fresh[:3]:
         rt.switch(s)
@@ -152,7 +155,9 @@ def latency(bundle: Path, weights: Path, runs: int, opts: dict) -> dict:
     return {"subnet": sid, "standalone ms": 1e3 * float(np.median(tb)),
             "pieces ms": 1e3 * float(np.median(tr)),
             "pieces / standalone": float(np.median(tr) / np.median(tb)),
+            "switches": len(sw), "switch p50 ms": 1e3 * float(np.median(sw)),
             "switch p99 ms": 1e3 * float(np.percentile(sw, 99)),
+            "switch p99 CPU ms": 1e3 * float(np.percentile(cpu, 99)),
             "first / steady": float(np.max(np.array(first_s) / np.array(steady)))}
 
 
@@ -182,6 +187,8 @@ def main() -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--no-latency", action="store_true")
+    ap.add_argument("--only-latency", action="store_true",
+                    help="skip the storage and RSS rows (the bundle is still built if missing)")
     args = ap.parse_args()
     w, bundle = build(CACHE)
     from snrt.bundle import Bundle
@@ -191,6 +198,10 @@ def main() -> int:
     supernet = sum(int(np.prod(t["shape"])) * 4 for t in m.tensors.values())
     total = sum(f["bytes"] for f in m.files.values())
     naive = sum(v.params * 4 for v in b.variants)
+    if args.only_latency:
+        lat = [dict(mode=m, **latency(bundle, w, args.runs, MODES[m])) for m in ("fast", "shared")]
+        print(table(lat))
+        return 0
     print(f"# UFO ViT-B random supernet: {supernet / 1e6:.1f} MB of weights, "
           f"{b._space.size():.3g} members, {len(b.variants)} listed, {len(m.pieces)} pieces")
     print(table([
