@@ -248,6 +248,10 @@ class OrtBackend:
             self._executors[variant.id] = ex
             return ex
 
+    def task_variants(self, task) -> list[str]:
+        """The variants `task` runs on with this backend: every one it was trained for."""
+        return list(task.variants)
+
     def load_task(self, variant: VariantInfo, task) -> ChainExecutor:
         """Make `variant` with `task` (a snrt.manifest.TaskInfo) ready: in the graphs placement
         the whole graph of the pair when the task has one (snrt-export task --graphs), else a
