@@ -2,6 +2,11 @@
 
     snrt-run [BUNDLE] [--seconds 30] [--fps 30] [--threads 1] [--tables DIR]
              [--rank accuracy|flops]
+    snrt-run elastic        # the bundled elastic family (POA subnets of the default's `b`)
+
+BUNDLE: a bundle directory, `default` (SN-Net stitches of ti/s/b) or `elastic` (16 POA subnets
+w{48..96}d{6..12}, each with its measured top-1). One controller over both kinds at once:
+snrt.multi_bundle.MultiRuntime(["default", "elastic"]).
 
 1. opens and verifies the bundle, lists its variants (FLOPs, params, accuracy);
 2. looks up this device's lookup table (<device-id>.json) in `--tables` if given, then in the
@@ -59,7 +64,8 @@ def parser() -> argparse.ArgumentParser:
     ap = cli_args.Parser(prog="snrt-run", description=__doc__,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundle", nargs="?", default="default",
-                    help="bundle directory, or 'default' (the bundled family)")
+                    help="bundle directory, 'default' (the bundled stitched family) or 'elastic' "
+                         "(the bundled elastic subnets)")
     ap.add_argument("--seconds", type=cli_args.number(0.1, 1e6, what="the seconds of "
                                                       "simulated battery life"),
                     default=30.0, help="simulated battery life (default 30)")

@@ -339,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
                    " the shipped one is snrt/data/elastic.snrt)")
     p.add_argument("--build", type=Path, help="supernet, space.json (default: build/elastic)")
     p.add_argument("--test-limit", type=int, help="measure on the first N test images only")
+    p.add_argument("--report-dir", type=Path, help="where elastic_family.md/.png go (default: "
+                   "docs/ when --out is the shipped bundle, else no report)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -350,6 +352,13 @@ def main(argv: list[str] | None = None) -> int:
         summary = run(args.steps, out, build, seed=args.seed, threads=args.threads, lr=args.lr,
                       subnets=args.subnets, temperature=args.temperature,
                       progress=not args.quiet, limit=args.test_limit, command=command)
+        report_dir = args.report_dir or (ROOT / "docs" if out.resolve() == SHIPPED_BUNDLE
+                                         else None)
+        if report_dir is not None:
+            from elastic_report import write_report
+
+            summary["written"] = [str(p) for p in write_report(out, tdf.SHIPPED_BUNDLE,
+                                                               report_dir)]
     except SnrtError as e:
         log.error("error: %s", e)
         return 1
