@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import subnet_reference as R
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,8 +18,8 @@ ROOT = TOOLS.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from snrt.errors import SnrtError  # noqa: E402
-from snrt.fileio import atomic_open, atomic_write_bytes  # noqa: E402
+from snrt.errors import SnrtError
+from snrt.fileio import atomic_open, atomic_write_bytes
 
 
 def _wilson(top1: float, n: int, z: float = 1.959964) -> tuple[float, float]:

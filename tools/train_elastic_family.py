@@ -43,12 +43,12 @@ for _p in (ROOT, TOOLS):
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see train_default_family.py
 
-import train_default_family as tdf  # noqa: E402  (data, split, seeds, torch ViT)
+import train_default_family as tdf
 
-from snrt.errors import SnrtError  # noqa: E402
-from snrt.fileio import atomic_write_json  # noqa: E402
-from snrt.progress import Progress  # noqa: E402
-from snrt.weights_io import write_safetensors  # noqa: E402
+from snrt.errors import SnrtError
+from snrt.fileio import atomic_write_json
+from snrt.progress import Progress
+from snrt.weights_io import write_safetensors
 
 log = logging.getLogger("snrt.train_elastic_family")
 
@@ -119,8 +119,9 @@ def elastic_forward(torch, m, x, width: int, depth: int):
 
 def load_anchor(torch, bundle: Path | None = None):
     """The default family's `b` anchor as a torch TinyViT."""
-    import snrt
     from snnet_torch import TinyViT
+
+    import snrt
 
     fam = snrt.Bundle.open(bundle or snrt.default_bundle()).load_family()
     a = next(x for x in fam.anchors if x.name == ANCHOR)
@@ -182,7 +183,7 @@ def train(tr, m, steps: int, *, lr: float, subnets: int, temperature: float,
     return history
 
 
-# ----------------------------------------------------------------------------- write, export, measure
+# ------------------------------------------------------------------ write, export, measure
 
 def write_supernet(m, build: Path, training: dict) -> tuple[Path, Path]:
     """timm-keyed safetensors + `<stem>.config.json` (what snrt-export reads) + space.json."""
