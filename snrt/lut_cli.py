@@ -56,7 +56,7 @@ def show(tables: list[LookupTable], bundle=None, backend=None, threads=None) -> 
         return "\n".join(lines)
     keys = sorted({(e.bundle, e.variant, e.backend, e.precision, e.threads, e.cfg_id)
                    for t in tables for e in t.select(bundle, backend, threads=threads)},
-                  key=lambda k: (k[0], k[2], k[3], k[4], k[5]))
+                  key=lambda k: (k[0], k[2], k[3], k[4], k[5]))  # the backbone's head
     lines.append(f"{'variant':16s} {'config':22s} " + " ".join(f"{t.device.id[:24]:>24s}"
                                                                for t in tables))
     for bk, v, b, p, th, _ in keys:
