@@ -8,8 +8,9 @@ opens it in headless Chromium (Playwright with the system's Chromium, no browser
 and drives the page's own controls: a few seconds as started; the most accurate variant pinned
 for a moment and the target FPS set so that it uses 45 % of the frame budget, back to auto; power
 saving on; power saving off; with --tasks, each named task chosen in turn in the page's task
-selector (half a phase each, the last one stays); then writes a full-page PNG. Needs `pip install playwright`
-and Chromium (`apt-get install -y chromium`, or --chromium PATH).
+selector (half a phase each, the last one stays); then writes a full-page PNG. Needs
+`pip install playwright` and Chromium (`apt-get install -y chromium`, or --chromium PATH).
+--simulated: simulated latencies, sensors and clock (the shot does not depend on the load).
 """
 
 from __future__ import annotations
@@ -94,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--battery-start-pct", type=float, default=100.0)
     p.add_argument("--drain-speedup", type=float, default=60.0)
     p.add_argument("--chromium", default="/usr/bin/chromium")
+    p.add_argument("--simulated", action="store_true",
+                   help="simulated latencies (FLOPs share), sensors and clock, as the tests: "
+                   "the shot does not depend on how busy this machine is")
     p.add_argument("--tasks", default="", help="comma list of the bundle's tasks to choose "
                    "in turn in the task selector before the screenshot")
     args = p.parse_args(argv)
@@ -101,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     opts = DemoOptions(bundle=args.bundle, port=0, camera="synthetic", images=args.images,
                        fps=args.fps, battery="simulated",
                        battery_start_pct=args.battery_start_pct,
-                       energy=EnergyModel(drain_speedup=args.drain_speedup))
+                       energy=EnergyModel(drain_speedup=args.drain_speedup),
+                       **({"simulate_latency": "flops", "sensors": "simulated",
+                           "clock": "simulated"} if args.simulated else {}))
     t0 = time.monotonic()
     with DemoApp.create(opts) as app:
         out = capture(app, args.out, chromium=args.chromium, phase_s=args.phase_seconds,
