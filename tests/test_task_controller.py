@@ -40,6 +40,10 @@ def test_table_keys_entries_by_variant_and_task_and_reads_old_tables(tmp_path):
     assert [e.p50_ms for e in t.select("fam@abc")] == [1.0]  # default: the backbone's head
     assert [e.p50_ms for e in t.select("fam@abc", task="faces")] == [1.5]
     assert len(t.select(task=ALL_TASKS)) == 3 and t.tasks() == ["faces", "uci-digits"]
+    from snrt.lut_cli import show
+
+    shown = show([t])  # snrt-lut show lists a task's entries with their ratio to the plain one
+    assert "task faces: 1 variants" in shown and "1.50x the backbone head's" in shown
     path = t.save(tmp_path / "dev.json")
     d = json.loads(path.read_text())
     assert d["schema_version"] == 3
