@@ -335,6 +335,7 @@ class Controller:
         self.accuracy = dict(accuracy or {})
         self.task: str | None = None  # whose front base_ms/accuracy/candidates are
         self._rank0 = rank
+        self._task_error: str | None = None  # the task whose front failed (logged once)
         self._fronts: dict[str | None, TaskFront] = {
             None: TaskFront(self.base_ms, self.accuracy or None, "backbone"),
             **dict(tasks or {})}
@@ -565,7 +566,14 @@ class Controller:
             return None
         try:
             if active_task != self.task:
-                self.use_task(active_task, rt)
+                try:
+                    self.use_task(active_task, rt)
+                except SnrtError as e:  # never break the frame: hold the variant instead
+                    if self._task_error != active_task:
+                        log.warning("controller: cannot decide for task %s (%s); holding "
+                                    "the variant", active_task, e)
+                        self._task_error = active_task
+                    return None
             self._last_decide = now
             state = self.monitor.read()
             home, home_budget = self._home or (None, float("inf"))

@@ -276,3 +276,14 @@ def _probe(rt):
 
     shape = [1 if isinstance(d, str) else d for d in rt.bundle.manifest.input["shape"]]
     return np.zeros(shape[1:], np.float32)
+
+
+def test_a_task_without_candidates_holds_the_variant_and_never_breaks_the_frame():
+    clock = SimulatedClock()
+    ctl = Controller(SimulatedMonitor(clock=clock), BASE, ACC, config=CFG, clock=clock,
+                     tasks={"empty": TaskFront({}, None)})
+    rt = FakeRuntime("c")
+    ctl.attach(rt)
+    rt.switch(task="empty")
+    assert ctl.observe(rt, _frame(clock, rt, BASE, "empty")) is None  # no exception
+    assert rt.current.id == "c" and ctl.task is None  # the backbone's front is kept
