@@ -27,7 +27,7 @@ def validate_tasks(v, tasks: Any, files: dict, space, graphs: dict[str, str]) ->
     for i, t in enumerate(v.array(tasks, "tasks")):
         fld = f"tasks[{i}]"
         v.record(t, fld, tuple(f for f in _field_names(TaskInfo)
-                               if f != "exports" or "exports" in t))  # exports: optional
+                               if f != "exports" or (isinstance(t, dict) and "exports" in t)))
         name = v.string(t["name"], fld + ".name", pattern=TASK_NAME)
         if name in seen:
             v.fail(fld + ".name", f"'{name}' is also tasks[{seen[name]}]")

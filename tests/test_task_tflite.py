@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 import pytest
-from task_files import random_task, write_task
+from task_files import backbone_bundle, random_task, write_task
 from tuner_reference import Reference
 
 import snrt
@@ -50,7 +50,7 @@ def setup(tmp_path_factory):
                                 variants=["ti", "s", "ti>s@5:6"], scale=0.15, seed=3)
     src = write_task(d / "faces.safetensors", tensors, meta)
     out = d / "tasks.snrt"
-    add_task(snrt.default_bundle(), src, out=out)
+    add_task(backbone_bundle(), src, out=out)
     # the variants' own files first (the tflite backend runs a bundle's exported variants),
     # then the same variants with the task
     base = export_tflite(out, ["fp32"], variants=VARIANTS, progress=False)

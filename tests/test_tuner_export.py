@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import onnxruntime as ort
 import pytest
-from task_files import random_task, write_task
+from task_files import backbone_bundle, random_task, write_task
 from tuner_reference import Reference, _t
 
 import snrt
@@ -32,7 +32,7 @@ def bundle(tmp_path_factory):
     """A copy of the default bundle (tasks are exported into it; the shipped one is read-only
     here)."""
     dst = tmp_path_factory.mktemp("tasks") / "default.snrt"
-    shutil.copytree(snrt.default_bundle(), dst)
+    shutil.copytree(backbone_bundle(), dst)
     return snrt.Bundle.open(dst, verify="size")
 
 
