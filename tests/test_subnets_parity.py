@@ -174,6 +174,7 @@ def test_poa_bundle_lists_exactly_the_grid(poa):
 def test_poa_logits_match_reference_for_every_subnet(poa, poa_rt):
     x = _images()
     errs = [_check_logits(poa_rt, _poa_ref(poa["sd"], sid), sid, x) for sid in POA_IDS]
+    print(f"POA: {len(errs)} subnets, worst max |dlogit| {max(errs):.3g}")  # shown with -rP
     assert len(errs) >= 50 and max(errs) <= TOL
 
 
@@ -307,6 +308,7 @@ def test_ufo_logits_match_reference_for_every_listed_arch(ufo, ufo_rt):
     x = _images()
     errs = [_check_logits(ufo_rt, R.ufo_subnet(ufo["sd"], UFO_GEOM, a, UFO_SPACE), a, x)
             for a in ufo["archs"]]
+    print(f"UFO: {len(errs)} subnets, worst max |dlogit| {max(errs):.3g}")  # shown with -rP
     assert len(errs) >= 50 and max(errs) <= TOL
 
 
