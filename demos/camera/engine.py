@@ -400,6 +400,12 @@ class DemoEngine:
                     raise ConfigError(str(e)) from None
                 if v.id not in self._variant_index:
                     raise ConfigError(f"variant '{v.id}' is not loaded in this runtime")
+                task = next((t for t in self.rt.tasks if t.name == self.rt.current_task), None)
+                if task is not None and v.id not in task.variants:
+                    raise ConfigError(f"task '{task.name}' does not run on variant '{v.id}' "
+                                      f"({self.catalog.origin(v.id)[1]}); pin one of its "
+                                      f"{len(task.variants)} variants, or choose the "
+                                      "backbone's own head first")
                 todo.append(lambda: self.controller.pin(v.id))
         if "plugged" in changes:
             plugged = changes["plugged"]
