@@ -346,7 +346,7 @@ class MultiRuntime:
         if any(s.startswith("FLOPs") for s in sources):  # one scale for all, not two
             from .controller_tasks import front_from_bundle
 
-            source = "FLOPs (no lookup table for this device and every bundle)"
+            source = "FLOPs (not every bundle has lookup-table entries here)"
             base = {v.id: max(v.flops / 1e9, 1e-3) for v in self.variants}
             tasks = {t.name: front_from_bundle(t, base, source) for t in self.tasks}
         ctl = Controller(monitor, base, acc or None, config=config or PolicyConfig(),
