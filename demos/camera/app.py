@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from snrt.errors import SnrtError
-
 from snrt.multi_bundle import parts
 
 from .controller_setup import FPS_RANGE, build_controller
