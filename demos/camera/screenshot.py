@@ -9,7 +9,8 @@ Starts the demo in this process on a free loopback port (synthetic camera, simul
 opens it in headless Chromium (Playwright with the system's Chromium, no browser download),
 and drives the page's own controls: a few seconds as started; the most accurate variant pinned
 for a moment and the target FPS set so that it uses 45 % of the frame budget, back to auto; power
-saving on; power saving off (with --fps, the rate stays as given: no pin, no refit); with --tasks, each named task chosen in turn in the page's task
+saving on; power saving off (with --fps, the rate stays as given: no pin, no refit); with
+--tasks, each named task chosen in turn in the page's task
 selector (half a phase each, the last one stays); then writes a full-page PNG. Needs
 `pip install playwright` and Chromium (`apt-get install -y chromium`, or --chromium PATH).
 --simulated: simulated latencies, sensors and clock (the shot does not depend on the load).
