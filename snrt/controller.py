@@ -370,6 +370,9 @@ class Controller:
         $SNRT_LOOKUP_TABLES, the per-user data directory, ./lookup_tables or the shipped
         tables: snrt.paths), else FLOPs-proportional estimates that the
         feedback rescales; SystemMonitor unless one is given."""
+        if hasattr(rt, "auto_controller"):  # a MultiRuntime: each bundle's figures, one front
+            return rt.auto_controller(table=table, monitor=monitor, config=config,
+                                      backend=backend, precision=precision, rank=rank)
         base, source = None, None
         tbl = _find_table(table)
         if tbl is not None:

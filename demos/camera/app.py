@@ -2,6 +2,7 @@
 
     snrt-demo                          # default bundle, webcam if any else synthetic camera
     snrt-demo --bundle my.snrt --camera synthetic --images photos/ --port 8080
+    snrt-demo --bundle default --bundle elastic   # stitches and subnets on one front
     snrt-demo --battery-start-pct 30 --drain-speedup 300   # see low-battery steps sooner
     snrt-demo --simulate-latency flops --sensors simulated --clock simulated  # deterministic
 
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from snrt.errors import SnrtError
+from snrt.multi_bundle import parts
 
 from .controller_setup import FPS_RANGE, build_controller
 from .energy import BATTERY_CHOICES, SENSOR_CHOICES, EnergyModel, make_monitor
@@ -55,7 +57,9 @@ log = logging.getLogger("demos.camera")
 class DemoOptions:
     """Everything `DemoApp.create` needs (the CLI flags, as values)."""
 
-    bundle: str | Path | None = None  # None: snrt.default_bundle()
+    # None: snrt.default_bundle(); a list: several bundles on one front (MultiRuntime);
+    # "default" / "elastic" name the bundled families
+    bundle: str | Path | list[str | Path] | None = None
     host: str = "127.0.0.1"
     port: int = 8000
     camera: str = "auto"
@@ -87,7 +91,7 @@ class DemoApp:
     def create(cls, opts: DemoOptions) -> DemoApp:
         """Open everything (raises SnrtError/CameraError/OSError with a clear message); on
         failure, whatever was opened is closed again."""
-        import snrt
+        from snrt.multi_bundle import MultiRuntime, resolve
         from snrt.runtime import Runtime
 
         if opts.fps is not None:
@@ -95,10 +99,14 @@ class DemoApp:
         if not is_loopback(opts.host):
             log.warning("serving on %s, not a loopback address: anyone who can reach it sees "
                         "the camera and can change the settings", opts.host)
-        bundle_path = Path(opts.bundle) if opts.bundle else snrt.default_bundle()
+        given = opts.bundle if isinstance(opts.bundle, (list, tuple)) else [opts.bundle]
+        paths = [resolve(b or "default") for b in given] or [resolve("default")]
         opened: list[Any] = []
         try:
-            rt = Runtime(bundle_path, threads=opts.threads, verify=opts.verify)
+            if len(paths) == 1:
+                rt = Runtime(paths[0], threads=opts.threads, verify=opts.verify)
+            else:  # one controller over every bundle's variants (stitches and subnets)
+                rt = MultiRuntime(paths, threads=opts.threads, verify=opts.verify)
             opened.append(rt)
             latency = (simulated_latency(opts.simulate_latency, rt)
                        if opts.simulate_latency else None)
@@ -116,7 +124,9 @@ class DemoApp:
             camera.set_fps(fps)
             engine = DemoEngine(rt, ctl, camera, opts.energy, battery_source=battery_source,
                                 controller_source=source, fps_auto=opts.fps is None,
-                                bundle_label=f"{rt.bundle.name} ({bundle_path.name})",
+                                bundle_label=" + ".join(
+                                    f"{r.bundle.name} ({p.name})"
+                                    for r, p in zip(parts(rt), paths)),
                                 latency=latency, clock=clock)
             server = DemoServer(engine, opts.host, opts.port)
         except BaseException:
@@ -195,8 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
         "costs its CPU time x --active-power-w, the time between frames --idle-power-w, all x "
         "--drain-speedup, taken from a --capacity-wh battery (see demos/camera/energy.py).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--bundle", default=argparse.SUPPRESS,
-                   help="bundle directory (default: snrt's bundled default family)")
+    p.add_argument("--bundle", action="append", default=argparse.SUPPRESS,
+                   metavar="BUNDLE", help="bundle directory, or 'default' / 'elastic' (the "
+                   "bundled SN-Net stitches / elastic subnets; default: 'default'); repeat it "
+                   "to put several bundles' variants on one front, e.g. --bundle default "
+                   "--bundle elastic (one controller switches across stitches and subnets)")
     p.add_argument("--host", default=d.host, help="address to serve on; anything but "
                    "loopback exposes the camera to the network")
     p.add_argument("--port", type=int, default=d.port, help="0 picks a free port")
@@ -264,7 +277,9 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
                              args.drain_speedup)
     except ValueError as e:
         raise SnrtError(str(e)) from None
-    return DemoOptions(bundle=getattr(args, "bundle", None), host=args.host, port=args.port,
+    bundles = getattr(args, "bundle", None) or []
+    return DemoOptions(bundle=bundles[0] if len(bundles) == 1 else bundles or None,
+                       host=args.host, port=args.port,
                        camera=args.camera,
                        webcam_index=args.webcam_index, images=args.images,
                        frame_size=args.frame_size, fps=fps, threads=args.threads,

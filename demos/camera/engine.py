@@ -32,6 +32,7 @@ from snrt.controller import Controller, frame_budget
 from snrt.errors import SnrtError, UnknownVariantError
 from snrt.runtime import Runtime, SwitchEvent
 
+from .catalog import Catalog
 from .controller_setup import (  # noqa: F401 - re-exported: the demo tests import them here
     FPS_RANGE,
     auto_fps,
@@ -110,6 +111,7 @@ class DemoEngine:
         self._config_lock = threading.Lock()  # the page's FPS vs. the auto re-measurement
         self._ps_override: bool | None = None  # the page's power-saving choice; None: system
         self._variant_index = {v.id: v for v in rt.variants}
+        self.catalog = Catalog(rt)  # kinds and bundles of the variants, the task choices
         rt.on_switch(self._on_switch)
         self.latency.attach(rt, controller)
 
@@ -233,45 +235,20 @@ class DemoEngine:
                                    "from": ev.from_id,
                                    "to": ev.to_id, "reason": ev.reason,
                                    "switch_ms": ev.switch_ms,
-                                   "from_task": ev.from_task, "to_task": ev.to_task})
+                                   "from_task": ev.from_task, "to_task": ev.to_task,
+                                   **self.catalog.switch_json(ev.from_id, ev.to_id)})
         log.info("switch %s -> %s (task %s -> %s): %s", ev.from_id, ev.to_id,
                  ev.from_task or "-", ev.to_task or "-", ev.reason)
 
     # -- what the page reads -----------------------------------------------------------------
     def variant_json(self, v: VariantInfo) -> dict[str, Any]:
-        return {"id": v.id, "cfg_id": v.cfg_id, "flops": v.flops, "params": v.params,
-                "top1": v.top1, "is_anchor": v.is_anchor,
-                "candidate": v.id in {c.id for c in self.controller.candidates}}
+        return self.catalog.variant_json(v, {c.id for c in self.controller.candidates})
 
     def variants(self) -> list[dict[str, Any]]:
         return [self.variant_json(v) for v in self.rt.variants]
 
-    def backbone_head_label(self) -> str:
-        labels = self.rt.bundle.labels or []
-        if labels and all(lab.isdigit() for lab in labels):
-            return "digits (the backbone's head)"
-        return "the backbone's head"
-
-    def _task_top1(self, task: str | None, vid: str) -> float | None:
-        """The top-1 of `task` (None: the backbone's head) on variant `vid`, when recorded."""
-        if task is None:
-            return self.rt.bundle.variant(vid).top1
-        t = next((t for t in self.rt.tasks if t.name == task), None)
-        rec = (t.accuracy or {}).get(vid) if t is not None else None
-        return rec.get("top1") if isinstance(rec, dict) else None
-
     def tasks(self) -> list[dict[str, Any]]:
-        """What the task selector offers: the backbone's own head (task null), then every
-        task of this runtime: name, labels, variants it runs on, top-1 on the active variant."""
-        cur = self.rt.current.id
-        out = [{"task": None, "label": self.backbone_head_label(),
-                "labels": list(self.rt.bundle.labels or []),
-                "variants": len(self.rt.variants), "top1": self.rt.current.top1}]
-        for t in self.rt.tasks:
-            acc = (t.accuracy or {}).get(cur) or {}
-            out.append({"task": t.name, "label": t.name, "labels": list(t.labels),
-                        "variants": len(t.variants), "top1": acc.get("top1")})
-        return out
+        return self.catalog.tasks()
 
     def measured_fps(self, window_s: float = 2.0) -> float:
         now = time.monotonic()
@@ -315,7 +292,7 @@ class DemoEngine:
         return {
             "t_s": time.monotonic() - self.t0,
             "bundle": {"name": self.rt.bundle.name, "label": self.bundle_label,
-                       "variants": len(self.rt.variants),
+                       "variants": len(self.rt.variants), "kinds": self.catalog.kinds(),
                        "labels": len(self.rt.bundle.labels or [])},
             "camera": {"kind": self.camera.kind, "description": self.camera.description,
                        "fps": self.camera.measured_fps(), "error": self.camera.error},
@@ -323,7 +300,7 @@ class DemoEngine:
             "prediction": pred,
             "variant": self.variant_json(cur),
             "task": self.rt.current_task,
-            "task_top1": self._task_top1(self.rt.current_task, cur.id),
+            "task_top1": self.catalog.task_top1(self.rt.current_task, cur.id),
             "controller_task": ctl.get("task"),
             "fps": self.measured_fps(),
             "latency_ms": last["latency_ms"] if last else None,
@@ -423,6 +400,12 @@ class DemoEngine:
                     raise ConfigError(str(e)) from None
                 if v.id not in self._variant_index:
                     raise ConfigError(f"variant '{v.id}' is not loaded in this runtime")
+                task = next((t for t in self.rt.tasks if t.name == self.rt.current_task), None)
+                if task is not None and v.id not in task.variants:
+                    raise ConfigError(f"task '{task.name}' does not run on variant '{v.id}' "
+                                      f"({self.catalog.origin(v.id)[1]}); pin one of its "
+                                      f"{len(task.variants)} variants, or choose the "
+                                      "backbone's own head first")
                 todo.append(lambda: self.controller.pin(v.id))
         if "plugged" in changes:
             plugged = changes["plugged"]

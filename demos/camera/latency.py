@@ -11,7 +11,9 @@ other variant its FLOPs share of it; a lookup table file (`snrt-profile`'s JSON)
 p50 of this bundle's entries (variants it lacks are scaled by FLOPs from the measured ones).
 Tasks: a (variant, task) pair takes the FLOPs share of its chain with the task's tuners and
 head (`flops`), or the table's entry for that task (`snrt-profile --tasks`), else the
-variant's own latency scaled by the same FLOPs ratio.
+variant's own latency scaled by the same FLOPs ratio. Several bundles (a MultiRuntime): one
+table over all their variants (the FLOPs share of the largest of any bundle; each bundle's
+own lookup-table entries).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from snrt.errors import SnrtError
+from snrt.multi_bundle import bundle_of, parts
 from snrt.runtime import FrameRecord, Result, Runtime
 
 DEFAULT_SIMULATED_MAX_MS = 40.0
@@ -97,7 +100,8 @@ def simulated_latency(spec: str, rt: Runtime) -> SimulatedLatency:
                                 "(0, 60000], e.g. flops:40")
         top = max(flops.values())
         task_ms = {t.name: {vid: max_ms * max(f, 1.0) / top
-                            for vid, f in task_flops(rt.bundle, t, variants).items()}
+                            for vid, f in task_flops(bundle_of(rt, t.name), t,
+                                                     variants).items()}
                    for t in rt.tasks}
         return SimulatedLatency({k: max_ms * f / top for k, f in flops.items()},
                                 f"simulated: FLOPs share of {max_ms:g} ms", task_ms)
@@ -108,20 +112,22 @@ def simulated_latency(spec: str, rt: Runtime) -> SimulatedLatency:
     from snrt.lookup_table import LookupTable, bundle_key
 
     table = LookupTable.load(path)
-    entries = table.select(bundle_key(rt.bundle), rt.backend_name, "fp32", rt.threads)
-    measured = {e.variant: float(e.p50_ms) for e in entries if e.variant in flops}
+    measured = {e.variant: float(e.p50_ms) for r in parts(rt)
+                for e in table.select(bundle_key(r.bundle), r.backend_name, "fp32", r.threads)
+                if e.variant in flops}
     if not measured:
+        keys = ", ".join(bundle_key(r.bundle) for r in parts(rt))
         raise SnrtError(f"--simulate-latency {spec}: the table has no fp32 entries for bundle "
-                        f"{bundle_key(rt.bundle)} on {rt.backend_name} with {rt.threads} "
-                        "thread(s)")
+                        f"{keys} on {rt.backend_name} with {rt.threads} thread(s)")
     ms_per_flop = sorted(ms / flops[k] for k, ms in measured.items())[len(measured) // 2]
     table_ms = {k: measured.get(k, ms_per_flop * f) for k, f in flops.items()}
     task_ms = {}
     for t in rt.tasks:
+        b = bundle_of(rt, t.name)
         got = {e.variant: float(e.p50_ms) for e in table.select(
-            bundle_key(rt.bundle), rt.backend_name, "fp32", rt.threads, task=t.name)}
+            bundle_key(b), rt.backend_name, "fp32", rt.threads, task=t.name)}
         task_ms[t.name] = {vid: got.get(vid, table_ms[vid] * f / flops[vid])
-                           for vid, f in task_flops(rt.bundle, t, variants).items()}
+                           for vid, f in task_flops(b, t, variants).items()}
     return SimulatedLatency(table_ms, f"simulated: lookup table {path.name}", task_ms)
 
 

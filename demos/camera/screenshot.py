@@ -2,12 +2,15 @@
 
     python -m demos.camera.screenshot --out docs/demo.png [--bundle B] [--images DIR]
     python -m demos.camera.screenshot --out docs/demo_tasks.png --tasks uci-digits,faces
+    python -m demos.camera.screenshot --out docs/demo_elastic.png --bundle default \
+        --bundle elastic --simulated --fps 46.9   # stitches and subnets on one front
 
 Starts the demo in this process on a free loopback port (synthetic camera, simulated battery),
 opens it in headless Chromium (Playwright with the system's Chromium, no browser download),
 and drives the page's own controls: a few seconds as started; the most accurate variant pinned
 for a moment and the target FPS set so that it uses 45 % of the frame budget, back to auto; power
-saving on; power saving off; with --tasks, each named task chosen in turn in the page's task
+saving on; power saving off (with --fps, the rate stays as given: no pin, no refit); with
+--tasks, each named task chosen in turn in the page's task
 selector (half a phase each, the last one stays); then writes a full-page PNG. Needs
 `pip install playwright` and Chromium (`apt-get install -y chromium`, or --chromium PATH).
 --simulated: simulated latencies, sensors and clock (the shot does not depend on the load).
@@ -32,7 +35,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 
 
 def capture(app: DemoApp, out: Path, *, chromium: str, phase_s: float = 8.0,
-            width: int = 1280, height: int = 960, tasks: list[str] = ()) -> Path:
+            width: int = 1280, height: int = 960, tasks: list[str] = (),
+            fit: bool = True) -> Path:
     """Drive the running demo's page through the power-saving scenario and save a PNG."""
     try:
         from playwright.sync_api import sync_playwright
@@ -49,8 +53,9 @@ def capture(app: DemoApp, out: Path, *, chromium: str, phase_s: float = 8.0,
             if page.is_checked("#ps-toggle"):
                 page.click("#ps-toggle")
             page.wait_for_timeout(phase_s * 1000)
-            _fit_best_variant(page)
-            page.wait_for_timeout(phase_s * 1000)
+            if fit:
+                _fit_best_variant(page)
+                page.wait_for_timeout(phase_s * 1000)
             page.click("#ps-toggle")  # power saving on
             page.wait_for_timeout(phase_s * 1000)
             page.click("#ps-toggle")  # and off again
@@ -88,9 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m demos.camera.screenshot", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("docs/demo.png"))
-    p.add_argument("--bundle", help="default: snrt's bundled default family")
+    p.add_argument("--bundle", action="append", default=[],
+                   help="default: snrt's bundled default family; repeat for several bundles "
+                   "on one front (--bundle default --bundle elastic)")
     p.add_argument("--images", nargs="+", default=[])
-    p.add_argument("--fps", type=float, default=None, help="default: auto")
+    p.add_argument("--fps", type=float, default=None, help="default: auto, and the most "
+                   "accurate variant pinned and fitted to 45 %% of the budget; given: kept")
     p.add_argument("--phase-seconds", type=float, default=8.0)
     p.add_argument("--battery-start-pct", type=float, default=100.0)
     p.add_argument("--drain-speedup", type=float, default=60.0)
@@ -102,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                    "in turn in the task selector before the screenshot")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    opts = DemoOptions(bundle=args.bundle, port=0, camera="synthetic", images=args.images,
+    bundle = args.bundle[0] if len(args.bundle) == 1 else args.bundle or None
+    opts = DemoOptions(bundle=bundle, port=0, camera="synthetic", images=args.images,
                        fps=args.fps, battery="simulated",
                        battery_start_pct=args.battery_start_pct,
                        energy=EnergyModel(drain_speedup=args.drain_speedup),
@@ -111,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     with DemoApp.create(opts) as app:
         out = capture(app, args.out, chromium=args.chromium, phase_s=args.phase_seconds,
-                      tasks=[t for t in args.tasks.split(",") if t])
+                      tasks=[t for t in args.tasks.split(",") if t], fit=args.fps is None)
     log.info("wrote %s in %.0f s", out, time.monotonic() - t0)
     return 0
 
