@@ -78,6 +78,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--predict", action="store_true",
                    help="predict the variants not measured (default with --sample; needs "
                         "the predict extra, scipy)")
+    p.add_argument("--pieces", action="store_true",
+                   help="subnets bundles: also time every piece of the space once (in this "
+                        "process, interleaved rounds), so the latency of ANY member is "
+                        "predicted as the sum of its pieces plus a GP correction "
+                        "(snrt.chain_latency)")
     p.add_argument("--plot", metavar="PNG", type=cli_args.out_file(".png"),
                    help="write the accuracy-latency Pareto plot")
     p.add_argument("--fresh", action="store_true", help="re-measure entries already present")
@@ -211,6 +216,15 @@ def _main(args) -> int:
         log.warning("interrupted: %s holds every variant (isolated) or round (interleaved) "
                     "measured so far; rerun the same command to resume", out)
         return 130
+    if args.pieces:
+        from .chain_latency import measure_pieces, store_pieces
+
+        for t in args.threads:
+            pieces = measure_pieces(prof.bundle, threads=t, rounds=max(args.rounds, 10),
+                                    progress=not args.quiet)
+            store_pieces(prof.table, prof.bundle, pieces, threads=t)
+            log.info("timed %d pieces at %d threads", len(pieces), t)
+        prof.table.save(out)
     if args.predict or args.sample:
         from .latency_model import predict_table
 

@@ -1,0 +1,130 @@
+"""Accuracy of the subnets not measured, and which subnets to measure (the UFO loop's step 2).
+
+- `encode(space, ids)`: one-hot columns of a member's choices: width and depth (POA), depth and
+  per block position its heads and MLP width (UFO; zeros beyond the depth). A linear model on
+  them is the additive per-choice model; distances count differing choices.
+- `space_filling_sample(space, n)`: which subnets to measure: the largest and the smallest
+  member, then greedy farthest-point (max-min Hamming distance on the encoding) over a seeded
+  pool of members (the whole grid for POA). Why not active learning on the GP's uncertainty:
+  before the first measurement that uncertainty is the prior's, which for the rankers' kernels
+  (linear + squared-exponential on the encoding) is largest far from the chosen points, so the
+  first batch is the same space-filling design; afterwards a batch chosen at once can be
+  measured in one run (resumable, no refit between subnets), and every choice of every block
+  position gets measured alongside others, which is what the additive model needs.
+- `AccuracyModel`: snrt.rankers.SubnetRankPredictor fitted on the measured top-1s (their ranks
+  as normal scores, kernel settings by leave-one-out on the measured rows only), its scores
+  mapped back to top-1 % by a least-squares line on the measured rows; the 1-sigma uncertainty
+  is that line's slope times the leave-one-out error of the scores, plus the line's residual.
+
+Needs scipy (the `predict` extra).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import SnrtError
+
+MIN_MEASURED = 3
+
+
+def encode(space, ids: list[str]) -> np.ndarray:
+    """One-hot encoding of members `ids` of a snrt.variants.subnets.SubnetSpace."""
+    t = space.table
+    rows = []
+    if space.kind == "poa":
+        ws, ds = t["widths"], t["depths"]
+        for vid in ids:
+            s = space.subnet(vid)
+            r = np.zeros(len(ws) + len(ds))
+            r[ws.index(s.width)] = 1
+            r[len(ws) + ds.index(s.depth)] = 1
+            rows.append(r)
+        return np.asarray(rows)
+    depths = sorted(t["depth_codes"].values())
+    heads = sorted(t["heads_codes"].values())
+    hidden = sorted(int(space.config.embed_dim * m) for m in t["mlp_codes"].values())
+    per = len(heads) + len(hidden)
+    for vid in ids:
+        s = space.subnet(vid)
+        r = np.zeros(len(depths) + t["max_depth"] * per)
+        r[depths.index(s.depth)] = 1
+        for b, (h, m) in enumerate(zip(s.heads, s.hidden)):
+            c = len(depths) + b * per
+            r[c + heads.index(h)] = 1
+            r[c + len(heads) + hidden.index(m)] = 1
+        rows.append(r)
+    return np.asarray(rows)
+
+
+def candidate_pool(space, n: int, seed: int = 0) -> list[str]:
+    """The whole grid (POA) or `n` seeded random members (UFO), with the extremes first."""
+    if space.kind == "poa":
+        pool = space.grid()
+    else:
+        pool = space.sample(n, seed=seed)
+    first = [x for x in space.extremes()]
+    return first + [p for p in pool if p not in first]
+
+
+def space_filling_sample(space, n: int, *, seed: int = 0, pool_size: int = 5000,
+                         exclude: tuple[str, ...] = ()) -> list[str]:
+    """n members to measure: the extremes, then farthest-point over a pool (module docstring).
+    Members in `exclude` are neither chosen nor counted."""
+    pool = [p for p in candidate_pool(space, pool_size, seed) if p not in set(exclude)]
+    if n >= len(pool):
+        return pool
+    X = encode(space, pool)
+    chosen = [i for i in range(min(2, n))]
+    d = np.full(len(pool), np.inf)
+    for i in chosen:
+        d = np.minimum(d, ((X - X[i]) ** 2).sum(1))
+    while len(chosen) < n:
+        i = int(np.argmax(d))
+        chosen.append(i)
+        d = np.minimum(d, ((X - X[i]) ** 2).sum(1))
+    return [pool[i] for i in chosen]
+
+
+class AccuracyModel:
+    """Top-1 (%) of any member from the measured ones (module docstring)."""
+
+    def __init__(self, space, **ranker_kw):
+        self.space = space
+        self.ranker_kw = ranker_kw
+
+    def fit(self, measured: dict[str, float]) -> AccuracyModel:
+        from .rankers import SubnetRankPredictor
+        from .ranks import rank_average
+
+        if len(measured) < MIN_MEASURED:
+            raise SnrtError(f"{len(measured)} subnets measured; the accuracy predictor needs at "
+                            f"least {MIN_MEASURED} (measure more with snrt-accuracy --sample)")
+        ids = list(measured)
+        top1 = np.array([measured[i] for i in ids], dtype=float)
+        X = encode(self.space, ids)
+        self.ranker = SubnetRankPredictor(**self.ranker_kw).fit(X, rank_average(-top1))
+        s = self.ranker.predict(X)[:, 0]
+        A = np.column_stack([np.ones_like(s), s])
+        coef, *_ = np.linalg.lstsq(A, top1, rcond=None)
+        if coef[1] > 0:  # scores run opposite to top-1; a positive slope is noise: flatten
+            coef = np.array([top1.mean(), 0.0])
+        self.coef_ = coef
+        resid = top1 - A @ coef
+        loo = float(np.mean([st.loo_mse for st in self.ranker.selected_[0]]))
+        self.sigma_ = float(np.sqrt(coef[1] ** 2 * loo + resid.var()))
+        self.trained_on = len(ids)
+        return self
+
+    def scores(self, ids: list[str]) -> np.ndarray:
+        """Ranker scores, lower = predicted better."""
+        return self.ranker.predict(encode(self.space, ids))[:, 0]
+
+    def predict(self, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(top-1 %, 1-sigma %) of `ids`."""
+        s = self.scores(ids)
+        return self.coef_[0] + self.coef_[1] * s, np.full(len(ids), self.sigma_)
+
+    def describe(self) -> dict:
+        return {"model": "SubnetRankPredictor (one-hot encoding) + linear map to top-1",
+                "trained_on": self.trained_on, "sigma_top1": round(self.sigma_, 4)}

@@ -1,0 +1,159 @@
+"""Latency of ANY elastic subnet: the sum of its pieces' measured latencies plus a GP correction.
+
+A subnet runs as a chain of pieces (embedding, one piece per block, head; snrt.variants.subnets),
+so, as nn-Meter predicts a model kernel by kernel, snrt measures every piece of the space once
+(`snrt-profile B.snrt --pieces`: a few hundred sessions at most, against ~10^11 members) and
+predicts a chain as
+
+    latency(subnet) = sum of its pieces' latencies + g(sum, number of pieces)
+
+where g is snrt.gp.GaussianProcessRegressor (a Bayesian linear part plus a GP) fitted on the
+residuals of the subnets that were measured whole (`snrt-profile --variants/--sample`): the
+per-call hop between sessions and what the sum misses (caches warm from the previous piece).
+Without measured subnets (fewer than MIN_MEASURED) the prediction is the sum alone.
+
+Piece latencies are kept in the lookup table's `bundles[<key>]["pieces"]["<backend>/<precision>/
+<threads>"] = {piece id: {"p50_ms", "quiet_ms"}}` (the table's free-form bundle record, so the
+controller, which reads entries only, never sees pieces as variants).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from .bundle import Bundle
+from .errors import SnrtError
+from .lookup_table import LookupTable, bundle_key
+
+log = logging.getLogger(__name__)
+
+MIN_MEASURED = 4
+
+
+def config_key(backend: str, precision: str, threads: int) -> str:
+    return f"{backend}/{precision}/{threads}"
+
+
+def piece_latencies(table: LookupTable, key: str, backend: str = "onnxruntime",
+                    precision: str = "fp32", threads: int = 1, stat: str = "quiet_ms"
+                    ) -> dict[str, float]:
+    rec = table.bundles.get(key, {}).get("pieces", {}).get(config_key(backend, precision,
+                                                                      threads), {})
+    return {pid: float(r[stat]) for pid, r in rec.items()}
+
+
+def measure_pieces(bundle: Bundle, *, threads: int = 1, rounds: int = 20, burst_runs: int = 5,
+                   timer: Callable[[], float] = time.perf_counter, progress: bool = True
+                   ) -> dict[str, dict]:
+    """Every piece of the bundle's space, timed in `rounds` shuffled round-robin bursts in one
+    process (the interleaved protocol of snrt.profile: drift hits every piece alike). Returns
+    {piece id: {"p50_ms": lowest burst median, "quiet_ms": lowest burst p10}}."""
+    from .backends.ort import open_session
+    from .progress import Progress
+
+    space = bundle.variant_space()
+    pids = [p.id for p in space.all_pieces()] if hasattr(space, "all_pieces") else \
+        [p.id for p in bundle.manifest.pieces]
+    steps = {}
+    rng = np.random.default_rng(0)
+    for pid in pids:
+        s = open_session(bundle.piece_path(pid), threads)
+        info = bundle.piece(pid)
+        shape = [1 if isinstance(d, str) else int(d) for d in info.input_shape]
+        x = rng.standard_normal(shape).astype(np.float32)
+        name, out = s.get_inputs()[0].name, s.get_outputs()[0].name
+        for _ in range(2):
+            s.run([out], {name: x})
+        steps[pid] = (s, name, out, x)
+    bursts: dict[str, list[tuple[float, float]]] = {p: [] for p in pids}
+    with Progress(rounds, "pieces", enabled=progress) as bar:
+        for r in range(rounds):
+            order = list(pids)
+            np.random.default_rng([0x9C3E, r]).shuffle(order)
+            for pid in order:
+                s, name, out, x = steps[pid]
+                s.run([out], {name: x})
+                lat = []
+                for _ in range(burst_runs):
+                    t0 = timer()
+                    s.run([out], {name: x})
+                    lat.append((timer() - t0) * 1e3)
+                bursts[pid].append((float(np.median(lat)), float(np.percentile(lat, 10))))
+            bar.update()
+    return {pid: {"p50_ms": min(b[0] for b in bs), "quiet_ms": min(b[1] for b in bs)}
+            for pid, bs in bursts.items()}
+
+
+def store_pieces(table: LookupTable, bundle: Bundle, pieces: dict[str, dict], *,
+                 backend: str = "onnxruntime", precision: str = "fp32", threads: int = 1
+                 ) -> None:
+    key = bundle_key(bundle)
+    rec = table.bundles.setdefault(key, {"name": bundle.name, "variants": len(bundle.variants),
+                                         "path": str(bundle.path)})
+    rec.setdefault("pieces", {})[config_key(backend, precision, threads)] = {
+        pid: {k: round(v, 6) for k, v in r.items()} for pid, r in pieces.items()}
+
+
+class ChainLatencyModel:
+    """Predict a subnet's latency from its pieces (module docstring). `piece_ms`: {piece id: ms};
+    `pieces_of(id)`: the piece ids of a member (Bundle.variant(id).pieces)."""
+
+    def __init__(self, piece_ms: dict[str, float], pieces_of: Callable[[str], list[str]]):
+        if not piece_ms:
+            raise SnrtError("no piece latencies: measure them with snrt-profile BUNDLE --pieces")
+        self.piece_ms = dict(piece_ms)
+        self.pieces_of = pieces_of
+        self.gp = None
+        self.trained_on = 0
+
+    def features(self, ids: list[str]) -> np.ndarray:
+        rows = []
+        for vid in ids:
+            ps = self.pieces_of(vid)
+            missing = [p for p in ps if p not in self.piece_ms]
+            if missing:
+                raise SnrtError(f"{vid}: no latency for pieces {missing[:3]}; measure them with "
+                                "snrt-profile BUNDLE --pieces")
+            rows.append([sum(self.piece_ms[p] for p in ps), len(ps)])
+        return np.asarray(rows, dtype=np.float64)
+
+    def fit(self, measured: dict[str, float]) -> ChainLatencyModel:
+        """Fit the correction on {subnet id: measured ms}; fewer than MIN_MEASURED: none."""
+        from .gp import GaussianProcessRegressor
+
+        self.trained_on = len(measured)
+        if len(measured) < MIN_MEASURED:
+            self.gp = None
+            return self
+        ids = list(measured)
+        X = self.features(ids)
+        y = np.array([measured[i] for i in ids]) - X[:, 0]
+        self.gp = GaussianProcessRegressor().fit(X, y)
+        return self
+
+    def predict(self, ids: list[str], include_noise: bool = True
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """(mean ms, 1-sigma ms) of `ids`; without a correction the sigma is nan."""
+        X = self.features(ids)
+        if self.gp is None:
+            return X[:, 0].copy(), np.full(len(ids), np.nan)
+        corr, std = self.gp.predict(X, include_noise=include_noise)
+        return X[:, 0] + corr, std
+
+
+def model_from_table(table: LookupTable, bundle: Bundle, *, backend: str = "onnxruntime",
+                     precision: str = "fp32", threads: int = 1, stat: str = "quiet_ms"
+                     ) -> ChainLatencyModel:
+    """The chain model of `bundle` from a table holding its pieces (and measured subnets)."""
+    key = bundle_key(bundle)
+    pieces = piece_latencies(table, key, backend, precision, threads, stat)
+    m = ChainLatencyModel(pieces, lambda vid: bundle.variant(vid).pieces)
+    measured = {}
+    for e in table.select(key, backend, precision, threads, measured_only=True):
+        v = getattr(e, stat) if getattr(e, stat) is not None else e.p50_ms
+        measured[e.variant] = float(v)
+    return m.fit(measured)
