@@ -255,7 +255,7 @@ def measure(bundle: Bundle, ids: list[str], data: LabelledImages, store: Accurac
     done = len(dict.fromkeys(ids)) - len(todo)
     if not todo:
         return 0
-    rt = Runtime(bundle, variants=[todo[0]], lazy=True, threads=threads)
+    rt = Runtime(bundle, variants=todo, lazy=True, threads=threads)
     try:
         with Progress(done + len(todo), "accuracy", enabled=progress, start=done) as bar:
             for vid in todo:

@@ -1,6 +1,7 @@
 """Accuracy of the subnets not measured, and which subnets to measure (the UFO loop's step 2).
 
-- `encode(space, ids)`: one-hot columns of a member's choices: width and depth (POA), depth and
+- `encode(space, ids)`: one-hot columns of a member's choices: width and depth (POA, plus the
+  two as ordinal columns), depth and
   per block position its heads and MLP width (UFO; zeros beyond the depth). A linear model on
   them is the additive per-choice model; distances count differing choices.
 - `space_filling_sample(space, n)`: which subnets to measure: the largest and the smallest
@@ -36,9 +37,13 @@ def encode(space, ids: list[str]) -> np.ndarray:
         ws, ds = t["widths"], t["depths"]
         for vid in ids:
             s = space.subnet(vid)
-            r = np.zeros(len(ws) + len(ds))
+            r = np.zeros(len(ws) + len(ds) + 2)
             r[ws.index(s.width)] = 1
             r[len(ws) + ds.index(s.depth)] = 1
+            # ordinal columns too: a wider or deeper subnet is usually more accurate, which
+            # one-hot columns alone cannot say about a width no measured subnet had
+            r[-2] = 2 * ws.index(s.width) / max(len(ws) - 1, 1)
+            r[-1] = 2 * ds.index(s.depth) / max(len(ds) - 1, 1)
             rows.append(r)
         return np.asarray(rows)
     depths = sorted(t["depth_codes"].values())
@@ -72,8 +77,13 @@ def space_filling_sample(space, n: int, *, seed: int = 0, pool_size: int = 5000,
     """n members to measure: the extremes, then farthest-point over a pool (module docstring).
     Members in `exclude` are neither chosen nor counted."""
     pool = [p for p in candidate_pool(space, pool_size, seed) if p not in set(exclude)]
+    return farthest_point(space, pool, n)
+
+
+def farthest_point(space, pool: list[str], n: int) -> list[str]:
+    """n of `pool`: its first two (the extremes when they are in it), then farthest-point."""
     if n >= len(pool):
-        return pool
+        return list(pool)
     X = encode(space, pool)
     chosen = [i for i in range(min(2, n))]
     d = np.full(len(pool), np.inf)
