@@ -40,8 +40,10 @@ def correctness(rt, vid, data) -> np.ndarray:
     return logits_of(rt, vid, data.x).argmax(1) == data.y
 
 
-def time_subnets(rt, ids, x, rounds: int, burst: int = 5) -> dict[str, float]:
-    """Interleaved: `rounds` shuffled round-robin bursts; quiet = lowest burst p10 (ms)."""
+def time_subnets(rt, ids, x, rounds: int, burst: int = 5, per_round: dict | None = None
+                 ) -> dict[str, float]:
+    """Interleaved: `rounds` shuffled round-robin bursts; quiet = lowest burst p10 (ms).
+    `per_round`, when given, receives every burst p10 per id (for the split-half floor)."""
     lows: dict[str, float] = {}
     for r in range(rounds):
         order = list(ids)
@@ -51,6 +53,8 @@ def time_subnets(rt, ids, x, rounds: int, burst: int = 5) -> dict[str, float]:
             lat = [rt.run(x, variant=vid).latency_ms for _ in range(burst)]
             p10 = float(np.percentile(lat, 10))
             lows[vid] = min(lows.get(vid, np.inf), p10)
+            if per_round is not None:
+                per_round.setdefault(vid, []).append(p10)
     return lows
 
 
@@ -88,7 +92,12 @@ def main(argv=None) -> int:
     half_b = {v: 100 * float(c[1::2].mean()) for v, c in ok.items()}
     t_acc = time.monotonic() - t0
     x1 = data.x[:1]
-    lat = time_subnets(rt, pool, x1, args.rounds)
+    rounds_p10: dict[str, list[float]] = {}
+    lat = time_subnets(rt, pool, x1, args.rounds, per_round=rounds_p10)
+    # latency noise floor: quiet latency from the even rounds vs the odd rounds, common scale
+    # removed (as snrt-profile's split-half repeatability)
+    ratio = np.array([min(r[0::2]) / min(r[1::2]) for r in rounds_p10.values()])
+    lat_floor = float(np.mean(np.abs(ratio / np.median(ratio) - 1) <= 0.05))
     pieces = measure_pieces(b, rounds=args.rounds, progress=False)
     piece_ms = {p: r["quiet_ms"] for p, r in pieces.items()}
     t_lat = time.monotonic() - t0 - t_acc
@@ -137,7 +146,8 @@ def main(argv=None) -> int:
                                                  f"({np.min([r['lat5'] for r in rs]):.1%})"})
     print(f"\nheld out: {len(pool) // 2} of the pool per split, {args.splits} splits; noise "
           f"floor tau (even vs odd images, held-out members): {np.nanmean(floors):.3f} "
-          f"(worst {np.nanmin(floors):.3f})\n")
+          f"(worst {np.nanmin(floors):.3f}); latency split-half repeatability (even vs odd "
+          f"rounds within ±5%): {lat_floor:.1%}\n")
     print(fmt_table(out))
 
     if models_at_20 is not None:

@@ -191,6 +191,17 @@ def _main(args) -> int:
     variants = prof.bundle.variants
     if args.variants:
         variants = [prof.bundle.variant(k) for k in args.variants]
+    elif args.sample and prof.bundle.open_membership:
+        # elastic subnets: the space-filling sample over the whole space (snrt.accuracy_model),
+        # not only the listed members; a percentage is of the space's size
+        import math
+
+        from .accuracy_model import space_filling_sample
+
+        space = prof.bundle.variant_space()
+        spec = args.sample
+        n = math.ceil(space.size() * float(spec[:-1]) / 100) if spec.endswith("%") else int(spec)
+        variants = [prof.bundle.variant(k) for k in space_filling_sample(space, min(n, 10000))]
     elif args.sample:
         variants = sample_variants(variants, args.sample)
     precisions = args.precision or ["fp32"]
