@@ -127,6 +127,13 @@ def main(argv=None) -> int:
     lat2 = time_subnets(rt, pool, x1, args.rounds)
     twice = np.array([lat2[v] / lat[v] for v in pool])
     twice5 = float(np.mean(np.abs(twice - 1) <= 0.05))
+    # the chain's overhead over its pieces (descriptive, whole pool): measured - sum of pieces
+    # = a + c * number of pieces, least squares
+    n_p = np.array([len(b.variant(v).pieces) for v in pool], dtype=float)
+    sums = np.array([sum(piece_ms[p] for p in b.variant(v).pieces) for v in pool])
+    meas = np.array([lat[v] for v in pool])
+    (over_a, over_c), *_ = np.linalg.lstsq(np.column_stack([np.ones_like(n_p), n_p]),
+                                           meas - sums, rcond=None)
     t_lat = time.monotonic() - t0 - t_acc
     print(f"# measured top-1 of {len(pool)} subnets in {t_acc:.0f}s (range "
           f"{min(top1.values()):.2f}-{max(top1.values()):.2f}%), latency in {t_lat:.0f}s "
@@ -176,6 +183,9 @@ def main(argv=None) -> int:
           f"(worst {np.nanmin(floors):.3f}); latency split-half repeatability (even vs odd "
           f"rounds within ±5%): {lat_floor:.1%}; the same subnets timed twice (second pass after "
           f"the pieces) within ±5%: {twice5:.1%} (ratio {twice.min():.3f}-{twice.max():.3f})\n")
+    print(f"chain overhead over the sum of pieces (whole pool): measured / sum "
+          f"{(meas / sums).min():.3f}-{(meas / sums).max():.3f}; measured - sum = "
+          f"{over_a * 1e3:.0f} us + {over_c * 1e3:.1f} us per piece\n")
     print(fmt_table(out))
 
     if models_at_20 is not None:

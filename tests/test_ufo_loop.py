@@ -195,6 +195,11 @@ def test_chain_latency_from_injected_piece_timings(made):
     mean, sd = model.predict(ids[8:])
     rel = np.abs(mean / np.array([truth[v] for v in ids[8:]]) - 1)
     assert rel.max() < 0.01 and np.isfinite(sd).all()
+    # fewer than 4 measured whole: one scale, the median of measured / sum (hand-computed)
+    few = {ids[0]: 1.10 * sums[0], ids[1]: 1.04 * sums[1], ids[2]: 1.20 * sums[2]}
+    model.fit(few)
+    mean, sd = model.predict(ids[5:])
+    assert mean == pytest.approx([1.10 * s for s in sums[5:]]) and np.isnan(sd).all()
 
 
 def test_measure_pieces_times_every_piece(made):
