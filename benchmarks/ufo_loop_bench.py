@@ -220,6 +220,8 @@ def main(argv=None) -> int:
                         "verified pick": vpick, "its top-1 (ms)":
                         f"{verified[vpick][0]:.1f} ({verified[vpick][1]:.3f})",
                         "regret verified": top1[best] - verified[vpick][0],
+                        "over budget": ",".join(k for k, v in (("pred", pick), ("verified", vpick))
+                                                if verified[v][1] > budget) or "-",
                         "best in pool (ms)": f"{best} {top1[best]:.1f} ({lat[best]:.3f})"})
         print(fmt_table(reg))
     print(f"\n# total {time.monotonic() - t0:.0f}s")
