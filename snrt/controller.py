@@ -419,16 +419,27 @@ class Controller:
     @classmethod
     def from_table(cls, monitor: Monitor, table: LookupTable, *, backend: str = "onnxruntime",
                    precision: str = "fp32", threads: int = 1, bundles: list[str] | None = None,
-                   rank: str = "accuracy", **kw) -> Controller:
+                   rank: str = "accuracy", allow_predicted: bool = False,
+                   **kw) -> Controller:
         """A controller over every variant `table` holds at backend/precision/threads, of every
         bundle (or of `bundles`, keys "name@sha"): stitches of one bundle and subnets of
         another are candidates alike, on one Pareto front. Accuracies and FLOPs come from the
         entries. A variant id in two bundles is an error (the runtime could not tell them
-        apart). Entries with a task (snrt-profile --tasks) make that task's front."""
+        apart). Entries with a task (snrt-profile --tasks) make that task's front. Entries of a
+        searched front whose accuracy is still a prediction
+        (`conditions.front.accuracy_status == "predicted"`, snrt.front_search) are skipped
+        unless `allow_predicted`: verify them first (snrt-accuracy --verify-front)."""
         from .lookup_table import ALL_TASKS
 
         every = [e for e in table.select(None, backend, precision, threads, task=ALL_TASKS)
                  if bundles is None or e.bundle in bundles]
+        unchecked = [e for e in every if (e.conditions or {}).get("front", {}).get(
+            "accuracy_status") == "predicted"]
+        if unchecked and not allow_predicted:
+            log.warning("controller: skipping %d front entries whose accuracy is predicted, "
+                        "not measured (verify them: snrt-accuracy --front --verify-front)",
+                        len(unchecked))
+            every = [e for e in every if e not in unchecked]
         es = [e for e in every if e.task is None]
         if not es:
             raise SnrtError(f"lookup table {table.device.id} has no entries at {backend}/"

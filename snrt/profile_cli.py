@@ -82,6 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--predict", action="store_true",
                    help="predict the variants not measured (default with --sample; needs "
                         "the predict extra, scipy)")
+    p.add_argument("--pieces", action="store_true",
+                   help="subnets bundles: also time every piece of the space once (in this "
+                        "process, interleaved rounds), so the latency of ANY member is "
+                        "predicted as the sum of its pieces plus a GP correction "
+                        "(snrt.chain_latency)")
     p.add_argument("--plot", metavar="PNG", type=cli_args.out_file(".png"),
                    help="write the accuracy-latency Pareto plot")
     p.add_argument("--fresh", action="store_true", help="re-measure entries already present")
@@ -211,6 +216,17 @@ def _main(args) -> int:
     variants = prof.bundle.variants
     if args.variants:
         variants = [prof.bundle.variant(k) for k in args.variants]
+    elif args.sample and prof.bundle.open_membership:
+        # elastic subnets: the space-filling sample over the whole space (snrt.accuracy_model),
+        # not only the listed members; a percentage is of the space's size
+        import math
+
+        from .accuracy_model import space_filling_sample
+
+        space = prof.bundle.variant_space()
+        spec = args.sample
+        n = math.ceil(space.size() * float(spec[:-1]) / 100) if spec.endswith("%") else int(spec)
+        variants = [prof.bundle.variant(k) for k in space_filling_sample(space, min(n, 10000))]
     elif args.sample:
         variants = sample_variants(variants, args.sample)
     precisions = args.precision or ["fp32"]
@@ -240,6 +256,15 @@ def _main(args) -> int:
         log.warning("interrupted: %s holds every variant (isolated) or round (interleaved) "
                     "measured so far; rerun the same command to resume", out)
         return 130
+    if args.pieces:
+        from .chain_latency import measure_pieces, store_pieces
+
+        for t in args.threads:
+            pieces = measure_pieces(prof.bundle, threads=t, rounds=max(args.rounds, 10),
+                                    progress=not args.quiet)
+            store_pieces(prof.table, prof.bundle, pieces, threads=t)
+            log.info("timed %d pieces at %d threads", len(pieces), t)
+        prof.table.save(out)
     if args.predict or args.sample:
         from .latency_model import predict_table
 

@@ -1,0 +1,254 @@
+"""Search the predicted accuracy-latency Pareto front over a whole elastic space (UFO loop step 3).
+
+The UFO ViT-B space has ~3·10^11 members, so nothing is enumerated: an evolutionary search
+(NSGA-II's selection: non-dominated sorting, then crowding distance) over genomes of the
+space's choices (POA: width, depth; UFO: depth and, per block position, heads and MLP ratio;
+positions beyond the depth are carried but unused, so a later depth mutation can revive them),
+with uniform crossover and per-gene mutation. Every member ever evaluated enters an archive, and
+the result is the archive's non-dominated set under (higher predicted top-1, lower predicted
+latency). Cost: population x generations predictions (default 64 x 60 = 3,840), each a
+kernel row against the measured sample.
+
+`write_front` puts the front into the device's lookup table, every entry marked: latency
+`predicted` (pieces + GP, snrt.chain_latency) unless the member was profiled, accuracy in
+`conditions.front` with `accuracy_status: "predicted"` and the search settings; `verify_front`
+measures each front member's top-1 once (snrt.accuracy) and replaces the prediction
+(`accuracy_status: "measured"`, n, 95% interval). `Controller.from_table` skips entries whose
+accuracy is still predicted unless asked (`allow_predicted=True`): a predicted number never
+reaches the user unchecked by default.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .lookup_table import Entry, LookupTable, bundle_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    population: int = 64
+    generations: int = 60
+    mutation: float = 0.15  # per-gene probability
+    seed: int = 0
+    local_passes: int = 10  # Pareto local search rounds after the evolution (0: none)
+
+
+# -- genomes -----------------------------------------------------------------------------------
+def _choices(space) -> list[list]:
+    """The values of each gene."""
+    t = space.table
+    if space.kind == "poa":
+        return [list(t["widths"]), list(t["depths"])]
+    heads = sorted(t["heads_codes"].values())
+    mlps = sorted(t["mlp_codes"].values())
+    return [sorted(t["depth_codes"].values())] + [heads, mlps] * t["max_depth"]
+
+
+def genome_id(space, g: np.ndarray, choices: list[list]) -> str:
+    vals = [choices[k][int(i)] for k, i in enumerate(g)]
+    if space.kind == "poa":
+        return space.subnet_id(width=vals[0], depth=vals[1])
+    d = vals[0]
+    return space.subnet_id(depth=d, heads=vals[1:1 + 2 * d:2], mlp=vals[2:2 + 2 * d:2])
+
+
+def _genome_of(space, vid: str, choices: list[list]) -> np.ndarray:
+    s = space.subnet(vid)
+    if space.kind == "poa":
+        return np.array([choices[0].index(s.width), choices[1].index(s.depth)])
+    t = space.table
+    g = [choices[0].index(s.depth)]
+    for b in range(t["max_depth"]):
+        if b < s.depth:
+            ratio = s.hidden[b] / space.config.embed_dim
+            m = min(range(len(choices[2])), key=lambda i: abs(choices[2][i] - ratio))
+            g += [choices[1].index(s.heads[b]), m]
+        else:
+            g += [0, 0]
+    return np.array(g)
+
+
+# -- Pareto helpers ----------------------------------------------------------------------------
+def pareto_mask(acc: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    """True where no other point has latency <= and accuracy >= with one strict."""
+    order = np.lexsort((-acc, lat))
+    mask = np.zeros(len(acc), dtype=bool)
+    best = -np.inf
+    for i in order:
+        if acc[i] > best:
+            mask[i] = True
+            best = acc[i]
+    return mask
+
+
+def _fronts(acc: np.ndarray, lat: np.ndarray) -> list[np.ndarray]:
+    left = np.arange(len(acc))
+    out = []
+    while len(left):
+        m = pareto_mask(acc[left], lat[left])
+        out.append(left[m])
+        left = left[~m]
+    return out
+
+
+def _crowding(acc: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    n = len(acc)
+    d = np.zeros(n)
+    for v in (acc, lat):
+        o = np.argsort(v)
+        d[o[0]] = d[o[-1]] = np.inf
+        span = v[o[-1]] - v[o[0]] or 1.0
+        d[o[1:-1]] += (v[o[2:]] - v[o[:-2]]) / span
+    return d
+
+
+def search_front(space, objectives: Callable[[list[str]], tuple[np.ndarray, np.ndarray]],
+                 settings: SearchSettings = SearchSettings(), seed_ids: tuple[str, ...] = ()
+                 ) -> tuple[list[str], dict[str, tuple[float, float]]]:
+    """The non-dominated members found: (front ids sorted by latency, {id: (acc, lat)} of every
+    member evaluated). `objectives(ids)` -> (predicted top-1, predicted latency ms)."""
+    rng = np.random.default_rng(settings.seed)
+    choices = _choices(space)
+    sizes = np.array([len(c) for c in choices])
+    seen: dict[str, tuple[float, float]] = {}
+
+    def evaluate(genomes: list[np.ndarray]) -> list[str]:
+        ids = [genome_id(space, g, choices) for g in genomes]
+        new = [i for i in dict.fromkeys(ids) if i not in seen]
+        if new:
+            a, lt = objectives(new)
+            seen.update({i: (float(x), float(y)) for i, x, y in zip(new, a, lt)})
+        return ids
+
+    pop = [_genome_of(space, v, choices) for v in (*space.extremes(), *seed_ids)]
+    while len(pop) < settings.population:
+        pop.append(rng.integers(0, sizes))
+    ids = evaluate(pop)
+    for _ in range(settings.generations):
+        kids = []
+        for _ in range(settings.population):
+            a, b = rng.integers(0, len(pop), 2)
+            child = np.where(rng.random(len(sizes)) < 0.5, pop[a], pop[b])
+            flip = rng.random(len(sizes)) < settings.mutation
+            child = np.where(flip, rng.integers(0, sizes), child)
+            kids.append(child)
+        kid_ids = evaluate(kids)
+        allg = pop + kids
+        alli = ids + kid_ids
+        uniq: dict[str, np.ndarray] = {}
+        for g, i in zip(allg, alli):
+            uniq.setdefault(i, g)
+        keys = list(uniq)
+        acc = np.array([seen[k][0] for k in keys])
+        lat = np.array([seen[k][1] for k in keys])
+        keep: list[int] = []
+        for f in _fronts(acc, lat):
+            if len(keep) + len(f) <= settings.population:
+                keep += f.tolist()
+            else:
+                cd = _crowding(acc[f], lat[f])
+                keep += f[np.argsort(-cd)][:settings.population - len(keep)].tolist()
+                break
+        pop = [uniq[keys[k]] for k in keep]
+        ids = [keys[k] for k in keep]
+    genomes = dict(zip(ids, pop))
+    groups = [(0,), (1,)] if space.kind == "poa" else \
+        [(0,)] + [(1 + 2 * b, 2 + 2 * b) for b in range(space.table["max_depth"])]
+    # Pareto local search: every single-gene neighbour of the archive's front, until the front
+    # stops changing (evolution finds the region, this fills the gaps between its points)
+    for _ in range(settings.local_passes):
+        front = _archive_front(seen)
+        nbrs = []
+        for k in front:
+            g = genomes.get(k)
+            if g is None:
+                g = genomes[k] = _genome_of(space, k, choices)
+            for grp in groups:  # every other value of one choice (UFO: of one block)
+                for vals in itertools.product(*(range(sizes[j]) for j in grp)):
+                    n = g.copy()
+                    n[list(grp)] = vals
+                    if (n != g).any():
+                        nbrs.append(n)
+        for g, i in zip(nbrs, evaluate(nbrs)):
+            genomes.setdefault(i, g)
+        if _archive_front(seen) == front:
+            break
+    front = _archive_front(seen)
+    return sorted(front, key=lambda k: seen[k][1]), seen
+
+
+def _archive_front(seen: dict[str, tuple[float, float]]) -> list[str]:
+    keys = list(seen)
+    acc = np.array([seen[k][0] for k in keys])
+    lat = np.array([seen[k][1] for k in keys])
+    return [keys[i] for i in np.flatnonzero(pareto_mask(acc, lat))]
+
+
+# -- the lookup table --------------------------------------------------------------------------
+def write_front(table: LookupTable, bundle, front: list[str], acc: dict[str, tuple[float, float]],
+                lat: dict[str, tuple[float, float]], *, settings: SearchSettings,
+                predictor: dict, backend: str = "onnxruntime", precision: str = "fp32",
+                threads: int = 1) -> int:
+    """Put the front into `table` (module docstring). `acc`/`lat`: {id: (mean, 1-sigma)}.
+    Entries of this bundle that an earlier search wrote and that are not on this front are
+    dropped. Returns the number of front entries written."""
+    key = bundle_key(bundle)
+    stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    table.entries = [e for e in table.entries
+                     if not (e.bundle == key and "front" in (e.conditions or {})
+                             and e.variant not in front)]
+    prov = {"search": {"method": "NSGA-II selection over the space's choices",
+                       **asdict(settings)}, "accuracy_model": predictor,
+            "latency_model": "sum of measured pieces + GP correction (snrt.chain_latency)",
+            "searched": stamp}
+    for vid in front:
+        a, sa = acc[vid]
+        front_rec = {**prov, "accuracy_status": "predicted", "accuracy_uncertainty": float(sa)}
+        old = table.get(key, vid, backend, precision, threads)
+        if old is not None and not old.predicted and old.error is None:
+            old.accuracy = float(a)
+            old.conditions = {**old.conditions, "front": front_rec}
+            continue
+        v = bundle.variant(vid)
+        m, s = lat[vid]
+        table.put(Entry(bundle=key, variant=vid, cfg_id=v.cfg_id, backend=backend,
+                        precision=precision, threads=threads, p50_ms=float(m), mean_ms=float(m),
+                        quiet_ms=float(m), flops=v.flops, params=v.params, accuracy=float(a),
+                        predicted=True,
+                        uncertainty_ms=None if not np.isfinite(s) else float(s),
+                        timestamp=stamp, conditions={"front": front_rec}))
+    return len(front)
+
+
+def front_entries(table: LookupTable, key: str, backend: str = "onnxruntime",
+                  precision: str = "fp32", threads: int = 1) -> list[Entry]:
+    return [e for e in table.select(key, backend, precision, threads)
+            if "front" in (e.conditions or {})]
+
+
+def verify_front(table: LookupTable, bundle, measure_one: Callable[[str], dict], *,
+                 backend: str = "onnxruntime", precision: str = "fp32", threads: int = 1
+                 ) -> int:
+    """Measure the top-1 of every front entry whose accuracy is still predicted
+    (`measure_one(id)` -> a snrt.accuracy `measured` record) and replace the prediction.
+    Returns how many were measured."""
+    n = 0
+    for e in front_entries(table, bundle_key(bundle), backend, precision, threads):
+        f = e.conditions["front"]
+        if f.get("accuracy_status") == "measured":
+            continue
+        rec = measure_one(e.variant)
+        f.update({"accuracy_status": "measured", "predicted_accuracy": e.accuracy,
+                  "n": rec["n"], "ci95": rec["ci95"]})
+        e.accuracy = float(rec["top1"])
+        n += 1
+    return n
