@@ -160,8 +160,13 @@ def _matmul_peak(rounds: int) -> dict:
 def _ort_quantized(graph: Path, tmp: Path, static: bool) -> Path:
     """onnxruntime's own quantize_dynamic / quantize_static (QDQ) of a standalone graph."""
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_dynamic, quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
 
     src = tmp / "standalone.onnx"
     if not src.exists():
