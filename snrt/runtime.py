@@ -125,8 +125,10 @@ class Runtime:
         history: per-call records kept for stats().
         expected_digest: the manifest digest the bundle must have ("sha256:<hex>", printed by
             `snrt-export info`); pins the exact bundle (every file, with verify=True).
-        tasks: names of the bundle's tasks to keep ready (default: all, with the onnxruntime
-            backend; none with tflite, which cannot run them yet).
+        tasks: names of the bundle's tasks to keep ready (default: all; with the tflite
+            backend, those exported as TFLite at its precision: snrt-export tflite --task).
+            On onnxruntime tasks run in fp32 (their tuned runs have no int8 graphs): a
+            Runtime whose precisions exclude "fp32" keeps none by default and refuses tasks=.
         precision: the precision active first and, without `precisions`, the only one ready:
             "fp32", or "int8" (onnxruntime: the graphs `snrt-export quantize` adds; tflite:
             the exported int8 files).
@@ -153,16 +155,15 @@ class Runtime:
                 if p not in self.bundle.precisions:
                     self.bundle.precision_record(p)  # BundleError: run snrt-export quantize
         self._precisions = precs
-        if tasks and "fp32" not in precs:
-            raise SnrtError("tasks run in fp32 only; drop tasks= or add 'fp32' to precisions")
+        if tasks and backend == "onnxruntime" and "fp32" not in precs:
+            raise SnrtError("tasks run in fp32 only on onnxruntime (snrt-export quantize makes "
+                            "no int8 graphs of a task's tuned runs); drop tasks= or add 'fp32' "
+                            "to precisions=")
         if variants is None and backend == "tflite":  # only what has been exported
             prec = precision
             keep = [v for v in keep if prec in v.exports.get("tflite", {})] or keep
         if not keep:
             raise SnrtError("Runtime needs at least one variant")
-        if tasks is not None and backend != "onnxruntime":
-            raise SnrtError(f"tasks run on the onnxruntime backend only (got backend "
-                            f"'{backend}'); drop tasks= or use backend='onnxruntime'")
         self._ready_set = {v.id: v for v in keep}
         self._backend = create_backend(backend, self.bundle, threads=threads, variants=keep,
                                        precision=precision, **backend_options)
@@ -176,10 +177,17 @@ class Runtime:
         self._n_frames = 0
         self._n_errors = 0
         self._closed = False
-        names = [t.name for t in self.bundle.tasks] if tasks is None and \
-            "fp32" in precs else list(tasks or [])
-        self._tasks = {n: self.bundle.task(n) for n in names} if backend == "onnxruntime" \
-            else {}
+        fp32_tasks_only = backend == "onnxruntime" and "fp32" not in precs
+        names = [] if tasks is None and fp32_tasks_only else [
+            t.name for t in self.bundle.tasks
+            if self._backend.task_variants(t)] if tasks is None else list(tasks)
+        self._tasks = {n: self.bundle.task(n) for n in names}
+        for t in self._tasks.values():
+            if not self._backend.task_variants(t):
+                raise SnrtError(f"task '{t.name}' cannot run on the {backend} backend here: "
+                                f"no variant of it was exported for it (snrt-export tflite "
+                                f"BUNDLE --task {t.name}); drop it from tasks= or use "
+                                "backend='onnxruntime'")
         self._task_ex: dict[tuple[str, str], object] = {}
         t0 = time.monotonic()
         if not lazy:
@@ -187,7 +195,7 @@ class Runtime:
                 for v in keep:
                     self._load(v, p)
             for t in self._tasks.values():
-                for vid in t.variants:
+                for vid in self._backend.task_variants(t):
                     if vid in self._ready_set:
                         self._executor(self._ready_set[vid], t.name)
         first = self.bundle.variant(initial) if initial is not None else _default_initial(keep)
@@ -244,15 +252,12 @@ class Runtime:
         name becomes visible to `task=` only when all of them are ready. Only the sessions the
         task needs are created (its tuned runs and head; the frozen pieces are shared)."""
         self._check_open()
-        if self.backend_name != "onnxruntime":
-            raise SnrtError(f"tasks run on the onnxruntime backend only (this runtime uses "
-                            f"'{self.backend_name}')")
         with self._add_lock:
             t = self._tasks.get(name)
             if t is not None:
                 return t
             t = self.bundle.task(name)  # names the bundle's tasks when it has none so named
-            for vid in t.variants:
+            for vid in self._backend.task_variants(t):
                 v = self._ready_set.get(vid)
                 if v is not None:
                     self._task_ex[(vid, name)] = self._backend.load_task(v, t)
@@ -290,8 +295,10 @@ class Runtime:
                             f"{self._precisions}); pass Runtime(precisions=[...]){more}")
         if task is None:
             return self._load(v, precision)
-        if precision != "fp32":
-            raise SnrtError(f"tasks run in fp32 only (task {task!r}, precision {precision!r})")
+        if precision != "fp32" and self.backend_name == "onnxruntime":
+            raise SnrtError(f"task {task!r} runs in fp32 only on onnxruntime (asked for "
+                            f"{precision!r}): switch(task=False) for the backbone's head in "
+                            f"{precision}, or switch(precision='fp32') for the task")
         ex = self._task_ex.get((v.id, task))  # a dict read: no lock on the per-call path
         if ex is None:
             t = self._tasks[task]
