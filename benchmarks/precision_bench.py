@@ -3,10 +3,10 @@
     flock /tmp/snrt-timing.lock python -m benchmarks.precision_bench [--rounds 20] [--no-tflite]
         [--no-memory] [--no-static]
 
-For the default family (a quantized copy in build/, snrt-export quantize) and DeiT-Ti/S with
-random weights (timm key names and shapes, benchmarks.common; 36 variants: two anchors and 34
-stitches), prints in one interleaved run (every path of a variant called once per round, 1
-thread, batch 1, median wall time):
+For the default family (a quantized copy in build/, snrt-export quantize) and DeiT-Ti/S/B
+with random weights (timm key names and shapes, benchmarks.common; 71 variants: three anchors
+and 68 stitches; DeiT-Ti and DeiT-S timed), prints in one interleaved run (every path of a
+variant called once per round, 1 thread, batch 1, median wall time):
 - bare onnxruntime fp32: an InferenceSession on the variant's own graph (= 1.00);
 - snrt fp32 and snrt int8: snrt.Runtime(precisions=["fp32", "int8"]), the int8 graphs
   reading the one shared graphs/weights_int8.bin;
@@ -16,8 +16,9 @@ thread, batch 1, median wall time):
 - GFLOP/s of each (2 x the variant's multiply-adds / time) beside the one-MatMul peak
   (onnxruntime, [197, 384] x [384, 1536] fp32 and the dynamic int8 MatMul), measured in the
   same run.
-Then the weights' bytes (int8 file vs weights.bin) and RSS growth with every DeiT-Ti/S
-variant ready in fp32 and int8 at once (a fresh subprocess).
+Then the weights' bytes (int8 file vs weights.bin) and RSS growth with all 71 DeiT variants
+ready in fp32 and int8 at once (a fresh subprocess; `--no-latency` runs only this part, which
+needs no timing lock).
 """
 
 from __future__ import annotations
@@ -34,56 +35,36 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import CACHE, random_vit_state_dict, table
+from benchmarks.common import CACHE, table
 
 _MEM_CHILD = r"""
 import gc, json, sys, numpy as np, psutil
 import snrt
 proc = psutil.Process()
-def rss():
-    gc.collect(); return proc.memory_full_info().rss
-r0 = rss()
-rt = snrt.Runtime(sys.argv[1], precisions=["fp32", "int8"], placement="pieces")
+def mem():
+    gc.collect(); m = proc.memory_full_info(); return m.rss, m.pss
+r0, p0 = mem()
+rt = snrt.Runtime(sys.argv[1], precisions=["fp32", "int8"], placement="pieces", tasks=[])
 x = np.zeros((1, 3, 224, 224), np.float32)
 for v in rt.variants:
     for p in ("fp32", "int8"):
         rt.infer(x, variant=v.id, precision=p)
-print(json.dumps({"rss": rss() - r0, "sessions": rt._backend.session_count,
+r1, p1 = mem()
+print(json.dumps({"rss": r1 - r0, "pss": p1 - p0, "sessions": rt._backend.session_count,
                   "variants": len(rt.variants)}))
 """
 
 
-def deit_tis_bundle() -> Path:
-    """DeiT-Ti and DeiT-S (random weights) with their 34 stitches, exported and quantized."""
-    from exporters.onnx_export import export_onnx
+def deit_int8_bundle() -> Path:
+    """DeiT-Ti/S/B (random weights, timm shapes) with their 68 stitches (71 variants),
+    exported once (benchmarks.common.ensure_deit_bundle) and quantized."""
+    from benchmarks.common import ensure_deit_bundle
     from exporters.quantize import quantize_bundle
-    from snrt.bundle import Bundle, BundleWriter
-    from snrt.family import Anchor, Family, StitchLayer, config_from_state_dict
-    from snrt.variants import VariantSpace
+    from snrt.bundle import Bundle
 
-    path = CACHE / "deit-tis-random-int8.snrt"
-    try:
-        if "int8" in Bundle.open(path, verify="size").precisions:
-            return path
-    except Exception:  # noqa: BLE001 - (re)build below
-        pass
-    anchors = []
-    for i, (name, dim) in enumerate([("ti", 192), ("s", 384)]):
-        sd = random_vit_state_dict(dim, seed=i)
-        cfg = config_from_state_dict(sd, num_heads=dim // 64, global_pool="token", where=name)
-        anchors.append(Anchor(name, cfg, sd))
-    rng = np.random.default_rng(9)
-    layers = {(0, 1): [StitchLayer((rng.standard_normal((384, 192)) / np.sqrt(192))
-                                   .astype(np.float32),
-                                   (rng.standard_normal(384) * 0.02).astype(np.float32))
-                       for _ in range(11)]}
-    fam = Family("deit-tis-random", anchors, layers)
-    space = VariantSpace(["ti", "s"], [a.config for a in anchors])
-    with BundleWriter(path) as w:
-        m = export_onnx(fam, space, w, progress=False)
-        m.provenance["tool"] = "benchmarks.precision_bench (random weights)"
-        w.commit(m)
-    quantize_bundle(path, n_inputs=4)
+    path = ensure_deit_bundle(CACHE / "deit-random-int8.snrt")
+    if "int8" not in Bundle.open(path, verify="size").precisions:
+        quantize_bundle(path, n_inputs=4)
     return path
 
 
@@ -190,13 +171,41 @@ def _ort_quantized(graph: Path, tmp: Path, static: bool) -> Path:
     return out
 
 
+def _paths(b, v, x, rt, tflite: bool, ort_own: bool, static: bool, tmp: Path) -> dict:
+    """The callables timed for one variant, each bound to its own session/runtime."""
+    from functools import partial
+
+    bare = _session(b.graph_path(v))
+    feed = {"image": x}
+    fns = {"bare fp32": partial(bare.run, None, feed),
+           "snrt fp32": partial(rt.infer, x, variant=v.id, precision="fp32"),
+           "snrt int8": partial(rt.infer, x, variant=v.id, precision="int8")}
+    if ort_own:
+        fns["ort quantize_dynamic"] = partial(
+            _session(_ort_quantized(b.graph_path(v), tmp, False)).run, None, feed)
+        if static:
+            fns["ort quantize_static QDQ"] = partial(
+                _session(_ort_quantized(b.graph_path(v), tmp, True)).run, None, feed)
+    if tflite:
+        import snrt
+
+        for p in ("fp32", "int8"):
+            t_rt = snrt.Runtime(b, backend="tflite", precision=p, variants=[v.id])
+            fns[f"TFLite {p}"] = partial(t_rt.infer, x)
+    return fns
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--no-tflite", action="store_true")
+    ap.add_argument("--no-latency", action="store_true",
+                    help="only the weights' bytes and the memory (nothing timed)")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-static", action="store_true")
+    ap.add_argument("--default-variants", default="ti,ti>s@5:5,s,b")
+    ap.add_argument("--deit-variants", default="ti,s")
     args = ap.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -206,9 +215,16 @@ def main(argv=None) -> int:
     from snrt.backends import available_backends
 
     tflite = not args.no_tflite and available_backends().get("tflite", False)
-    sets = [(default_int8_bundle(), ["ti", "ti>s@5:5", "s", "b"]),
-            (deit_tis_bundle(), ["ti", "ti>s@5:5", "s"])]
-    print(f"# onnxruntime {ort.__version__}, 1 thread, batch 1, median of {args.rounds} "
+    sets = [(default_int8_bundle(), args.default_variants.split(",")),
+            (deit_int8_bundle(), args.deit_variants.split(","))]
+    if not args.no_latency:
+        _latency(args, sets, tflite, ort.__version__, snrt)
+    _weights_and_memory(args, sets, snrt)
+    return 0
+
+
+def _latency(args, sets, tflite: bool, ort_version: str, snrt) -> None:
+    print(f"# onnxruntime {ort_version}, 1 thread, batch 1, median of {args.rounds} "
           "interleaved rounds")
     peak = _matmul_peak(args.rounds)
     print(f"# one-MatMul peak [197,384]x[384,1536]: fp32 {peak['fp32']:.1f} GFLOP/s, int8 "
@@ -219,31 +235,19 @@ def main(argv=None) -> int:
         if tflite:
             from exporters.tflite_export import export_tflite
 
-            export_tflite(path, ["fp32", "int8"], variants=ids, progress=False)
-            b = snrt.Bundle.open(path, verify="size")
-        rt = snrt.Runtime(b, precisions=["fp32", "int8"], variants=ids)
+            todo = [i for i in ids if not {"fp32", "int8"} <= set(
+                b.variant(i).exports.get("tflite", {}))]
+            if todo:
+                export_tflite(path, ["fp32", "int8"], variants=todo, progress=False)
+                b = snrt.Bundle.open(path, verify="size")
+        rt = snrt.Runtime(b, precisions=["fp32", "int8"], variants=ids, tasks=[])
         shape = [1, *b.manifest.input["shape"][1:]]
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         for vid in ids:
             v = b.variant(vid)
-            bare = _session(b.graph_path(v))
-            fns = {"bare fp32": lambda s=bare: s.run(None, {"image": x}),
-                   "snrt fp32": lambda: rt.infer(x, variant=vid, precision="fp32"),
-                   "snrt int8": lambda: rt.infer(x, variant=vid, precision="int8")}
-            tmp = None
-            if b.name.startswith("deit") and vid == "s":
-                tmp = Path(tempfile.mkdtemp(prefix="snrt-q-"))
-                fns["ort quantize_dynamic"] = (
-                    lambda s=_session(_ort_quantized(b.graph_path(v), tmp, False)):
-                    s.run(None, {"image": x}))
-                if not args.no_static:
-                    fns["ort quantize_static QDQ"] = (
-                        lambda s=_session(_ort_quantized(b.graph_path(v), tmp, True)):
-                        s.run(None, {"image": x}))
-            if tflite:
-                for p in ("fp32", "int8"):
-                    t_rt = snrt.Runtime(b, backend="tflite", precision=p, variants=[vid])
-                    fns[f"TFLite {p}"] = lambda r=t_rt: r.infer(x)
+            tmp = Path(tempfile.mkdtemp(prefix="snrt-q-"))
+            own = b.name.startswith("deit") and vid == "s"
+            fns = _paths(b, v, x, rt, tflite, own, not args.no_static, tmp)
             ms = _time(fns, args.rounds)
             row = {"family": b.name, "variant": vid, "MFLOPs": v.flops / 1e6,
                    "bare fp32 ms": ms["bare fp32"]}
@@ -254,8 +258,7 @@ def main(argv=None) -> int:
                 row[f"GFLOP/s {k}"] = 2 * v.flops / (ms[k] * 1e-3) / 1e9
             rows.append(row)
             print(json.dumps(row), flush=True)
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)
         rt.close()
     cols = ["family", "variant", "MFLOPs", "bare fp32 ms", "snrt fp32", "snrt int8",
             "ort quantize_dynamic", "ort quantize_static QDQ", "TFLite fp32", "TFLite int8",
@@ -264,6 +267,8 @@ def main(argv=None) -> int:
     print(table(rows, [c for c in cols if any(c in r for r in rows)]))
     print(f"one-MatMul peak: fp32 {peak['fp32']:.1f}, int8 {peak['int8']:.1f} GFLOP/s")
 
+
+def _weights_and_memory(args, sets, snrt) -> None:
     print("\n## weights")
     wrows = []
     for path, _ in sets:
@@ -273,24 +278,29 @@ def main(argv=None) -> int:
         i8 = b.manifest.files[rec["weights"]]["bytes"]
         g8 = sum(b.manifest.files[r]["bytes"] for k in ("pieces", "variants")
                  for r in rec[k].values())
-        wrows.append({"family": b.name, "weights.bin MB": f32 / 1e6,
-                      "weights_int8.bin MB": i8 / 1e6, "int8 / fp32": i8 / f32,
+        g32 = sum(b.manifest.files[p.graph]["bytes"] for p in b.manifest.pieces) + \
+            sum(b.manifest.files[v.graph]["bytes"] for v in b.variants if v.graph)
+        wrows.append({"family": b.name, "variants": len(b.variants),
+                      "weights.bin MB": f32 / 1e6, "weights_int8.bin MB": i8 / 1e6,
+                      "int8 / fp32": i8 / f32,
                       "int8 / fp32 of the replaced weights": i8 / rec["fp32_bytes_replaced"],
-                      "all int8 graphs MB": g8 / 1e6})
+                      "fp32 graphs MB": g32 / 1e6, "int8 graphs MB": g8 / 1e6})
     print(table(wrows))
-    if not args.no_memory:
-        path = sets[1][0]
-        b = snrt.Bundle.open(path, verify="size")
-        rec = b.precision_record("int8")
-        both = b.weights_bytes() + b.manifest.files[rec["weights"]]["bytes"]
-        out = subprocess.run([sys.executable, "-c", _MEM_CHILD, str(path)], capture_output=True,
-                             text=True, check=True)
-        mem = json.loads(out.stdout.strip().splitlines()[-1])
-        print("\n## memory: every DeiT-Ti/S variant ready in fp32 and int8 (placement pieces)")
-        print(table([{"variants": mem["variants"], "sessions": mem["sessions"],
-                      "RSS growth MB": mem["rss"] / 1e6, "fp32+int8 weights MB": both / 1e6,
-                      "RSS / weights": mem["rss"] / both}]))
-    return 0
+    if args.no_memory:
+        return
+    path = sets[1][0]
+    b = snrt.Bundle.open(path, verify="size")
+    rec = b.precision_record("int8")
+    both = b.weights_bytes() + b.manifest.files[rec["weights"]]["bytes"]
+    out = subprocess.run([sys.executable, "-c", _MEM_CHILD, str(path)], capture_output=True,
+                         text=True, check=True)
+    mem = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"\n## memory: every {b.name} variant ready in fp32 and int8 (placement pieces, "
+          "each run once in both)")
+    print(table([{"variants": mem["variants"], "sessions": mem["sessions"],
+                  "RSS growth MB": mem["rss"] / 1e6, "PSS growth MB": mem["pss"] / 1e6,
+                  "fp32+int8 weights MB": both / 1e6, "RSS / weights": mem["rss"] / both,
+                  "PSS / weights": mem["pss"] / both}]))
 
 
 if __name__ == "__main__":

@@ -62,9 +62,11 @@ INT8_FILE = "weights_int8.bin"  # as graphs (in graphs/) name it
 # Per-tensor activation scales (what DynamicQuantizeLinear computes) cost more on the default
 # family's 24-wide `ti` than TFLite's per-row ones: measured on its 20 sample digits, one image
 # a call, worst max|Δlogit| / max|fp32 logit| 0.43 (`ti`), most variants <= 0.25; DeiT random
-# weights <= 0.1. So rtol 0.6 (1.4x margin) still refuses unrelated outputs (~1-2), and the
-# verification also requires top-1 agreement with fp32 on >= 85% of the inputs; what the
-# precision costs in accuracy is measured on the test split (tools/default_family_int8.py).
+# weights <= 0.12. So rtol 0.6 (1.4x margin) still refuses unrelated outputs (~1-2), and the
+# verification also requires top-1 agreement with fp32 on >= 85% of the decisive inputs (those
+# whose fp32 top-1 margin exceeds the allowed deviation; see top1_check: random-weight DeiT has
+# none, its logits are near-tied); what the precision costs in accuracy is measured on the test
+# split (tools/default_family_int8.py).
 INT8_TOLERANCE = Tolerance(atol=1e-3, rtol=0.6)
 MIN_TOP1_AGREEMENT = 0.85
 _ALIGN = 64
@@ -186,6 +188,24 @@ def quantize_graph(model: onnx.ModelProto, weights: np.ndarray, store: _Int8Stor
     return model, n
 
 
+def top1_check(ref: np.ndarray, got: np.ndarray, allowed: float
+               ) -> tuple[np.ndarray, float | None]:
+    """(decisive inputs, top-1 agreement on them or None when there are none).
+
+    An input is decisive when its fp32 top-1 margin (top-1 minus top-2 logit) exceeds the
+    allowed deviation: a within-tolerance int8 graph may legitimately flip the argmax of an
+    input whose logits are closer than that (random-weight DeiT: 1000 near-tied logits, margins
+    ~0.01 against a tolerance of ~0.5, so its argmax agreement on random inputs says nothing
+    and the logit tolerance, relative to the logits' scale, is the whole check). On trained
+    weights most inputs are decisive and the agreement catches what a loose rtol would let
+    through (a graph right on a few logits and wrong on the decision)."""
+    top2 = np.sort(ref, axis=-1)[:, -2:]
+    decisive = (top2[:, 1] - top2[:, 0]) > allowed
+    if not decisive.any():
+        return decisive, None
+    return decisive, float(np.mean(ref.argmax(-1)[decisive] == got.argmax(-1)[decisive]))
+
+
 def _int8_rel(rel: str) -> str:
     return rel[:-len(".onnx")] + ".int8.onnx"
 
@@ -267,12 +287,14 @@ def quantize_bundle(path: str | Path, *, precision: str = "int8", method: str = 
         got = np.concatenate([s8.run(None, {"image": x[i:i + 1]})[0] for i in range(len(x))])
         diff = float(np.abs(ref - got).max())
         allowed = tolerance.allowed(float(np.abs(ref).max()))
-        agree = float(np.mean(ref.argmax(-1) == got.argmax(-1)))
+        decisive, agree = top1_check(ref, got, allowed)
         verification[v.id] = {"max_abs_diff": diff, "allowed_abs_diff": allowed,
-                              "top1_agreement": agree}
-        if not diff <= allowed or agree < MIN_TOP1_AGREEMENT:
+                              "top1_agreement": agree, "top1_inputs": int(decisive.sum())}
+        if not diff <= allowed or (agree is not None and agree < MIN_TOP1_AGREEMENT):
             bad.append(f"{v.id} (max |dlogit| {diff:.3g}, allowed {allowed:.3g}; top-1 "
-                       f"agreement {agree:.0%}, needed {MIN_TOP1_AGREEMENT:.0%})")
+                       f"agreement {'-' if agree is None else f'{agree:.0%}'} on "
+                       f"{int(decisive.sum())} decisive inputs, needed "
+                       f"{MIN_TOP1_AGREEMENT:.0%})")
     if bad:
         for rel in [INT8_WEIGHTS, *blobs]:
             (root / rel).unlink(missing_ok=True)
