@@ -288,3 +288,42 @@ def test_top1_check_ignores_near_tied_logits():
     assert decisive.tolist() == [False, True, True] and agree == 0.5
     decisive, agree = top1_check(ref[:1], got[:1], allowed=0.5)
     assert not decisive.any() and agree is None
+
+
+def test_controller_switches_precision_on_a_runtime(qbundle):
+    """Runtime with fp32+int8 ready and a controller over (variant, precision) candidates:
+    hand-set latencies (the feedback frozen, a simulated clock and monitor), so only power
+    saving moves the choice: b fp32 -> b int8 (not ti fp32) -> back to b fp32."""
+    from snrt.controller import ContentionEstimate, Controller, PolicyConfig
+    from snrt.monitor import SimulatedClock, SimulatedMonitor
+
+    clock = SimulatedClock()
+    mon = SimulatedMonitor(clock=clock)
+    rt = snrt.Runtime(qbundle, precisions=["fp32", "int8"], variants=["ti", "b"], initial="b",
+                      tasks=[])
+    ctl = Controller(mon, {"ti": 1.0, "b": 6.0, "b|int8": 3.0},
+                     {"ti": 90.1, "b": 93.7, "b|int8": 93.4},
+                     config=PolicyConfig(target_fps=100.0, headroom=1.0, min_dwell_s=1.0,
+                                         miss_limit=0, clean_frames=0),  # real frames: no
+                     clock=clock)  # deadline feedback, only the hand-set table decides
+    ctl.contention = ContentionEstimate(frozen=True)
+    rt.set_controller(ctl)
+    x = np.zeros(tuple(rt.bundle.manifest.input["shape"][1:]), np.float32)
+
+    def frames(n):
+        for _ in range(n):
+            rt.run(x)
+            clock.advance(0.1)
+
+    frames(5)
+    assert (rt.current.id, rt.current_precision) == ("b", "fp32")
+    mon.set_power_saving(True)
+    frames(3)
+    assert (rt.current.id, rt.current_precision) == ("b", "int8")
+    ev = rt.switches()[-1]
+    assert ev.to_precision == "int8" and "power-saving" in ev.reason and "b|int8" in ev.reason
+    assert rt.frames()[-1].precision == "int8"
+    mon.set_power_saving(False)
+    frames(40)
+    assert (rt.current.id, rt.current_precision) == ("b", "fp32")
+    rt.close()
