@@ -25,9 +25,18 @@ Method: dynamic quantization, as onnxruntime's `quantize_dynamic` spells it,
 which onnxruntime fuses at load into one DynamicQuantizeMatMul kernel (with the bias Add), but
 per output channel and with W_q/W_s/W_zp as external data in the ONE shared file, so the
 int8 bytes are stored once however many graphs reference them (the ONNX external-data
-offsets mechanism, as the fp32 graphs use for weights.bin). Chosen over static QDQ by
-measurement (benchmarks/precision_bench.py prints both): static QDQ needs calibration data
-and was slower here (see the README's precision table).
+offsets mechanism, as the fp32 graphs use for weights.bin).
+
+Dynamic rather than static (calibrated QDQ), by measurement (tools/int8_static_vs_dynamic.py,
+onnxruntime 1.32, 1 thread, batch 1; static = onnxruntime's quantize_static, QDQ, per-channel
+int8 weights, uint8 activations, MinMax calibration on 200 train digits): on the default
+family the two lose the same top-1 (n=1000 test digits, paired change ± se: ti -0.8±0.6
+dynamic vs -1.0±0.6 static, b -0.3±0.2 vs -0.1±0.2, s>b@5:5 +0.3±0.3 vs +0.6±0.4), but static
+runs slower: 0.97-1.33x fp32 against 0.73-0.99x for dynamic (the Q/DQ pairs around every
+MatMul cost more than the per-call DynamicQuantizeLinear on these small graphs); on DeiT-S
+benchmarks/precision_bench.py times both. Static also needs calibration images and fixes
+activation scales per piece although a piece's inputs differ by stitch. So only "dynamic" is
+offered.
 
 Verification: each variant's int8 graph is run in onnxruntime against its fp32 graph on the
 bundle's sample images (`--images default`, the bundle's snrt/data/samples for the default
