@@ -93,7 +93,7 @@ def split_key(key: str) -> tuple[str, str]:
     return vid, prec or "fp32"
 
 
-def _precision_accuracy(bundle, precision: str) -> dict[str, float]:
+def precision_accuracy(bundle, precision: str) -> dict[str, float]:
     """Per-variant top-1 of an added precision, as the manifest records it
     (exports.precisions.<p>.accuracy, tools/default_family_int8.py); {} when not measured."""
     try:
@@ -440,7 +440,7 @@ class Controller:
         for p in extra:
             pes = tbl.select(key, backend or rt.backend_name, p, rt.threads) \
                 if tbl is not None else []
-            pacc = _precision_accuracy(rt.bundle, p)
+            pacc = precision_accuracy(rt.bundle, p)
             got = [e for e in pes if e.variant in ids and (rank != "accuracy" or
                                                            e.variant in pacc)]
             if not got or rank == "flops":

@@ -233,9 +233,11 @@ class DemoEngine:
                                    "from": ev.from_id,
                                    "to": ev.to_id, "reason": ev.reason,
                                    "switch_ms": ev.switch_ms,
-                                   "from_task": ev.from_task, "to_task": ev.to_task})
-        log.info("switch %s -> %s (task %s -> %s): %s", ev.from_id, ev.to_id,
-                 ev.from_task or "-", ev.to_task or "-", ev.reason)
+                                   "from_task": ev.from_task, "to_task": ev.to_task,
+                                   "from_precision": ev.from_precision,
+                                   "to_precision": ev.to_precision})
+        log.info("switch %s %s -> %s %s (task %s -> %s): %s", ev.from_id, ev.from_precision,
+                 ev.to_id, ev.to_precision, ev.from_task or "-", ev.to_task or "-", ev.reason)
 
     # -- what the page reads -----------------------------------------------------------------
     def variant_json(self, v: VariantInfo) -> dict[str, Any]:
