@@ -327,3 +327,39 @@ def test_controller_switches_precision_on_a_runtime(qbundle):
     frames(40)
     assert (rt.current.id, rt.current_precision) == ("b", "fp32")
     rt.close()
+
+
+def test_auto_controller_takes_int8_pairs_from_table_and_manifest(qbundle, tmp_path):
+    """Controller.auto on an fp32+int8 Runtime: an int8 candidate needs the table's int8 entry
+    and the manifest's int8 accuracy (hand-set here); precisions=["fp32"] turns it off."""
+    from snrt.bundle import update_manifest
+    from snrt.controller import Controller, PolicyConfig
+    from snrt.lookup_table import Entry, LookupTable, bundle_key
+    from snrt.monitor import SimulatedMonitor
+
+    dst = tmp_path / "acc.snrt"
+    shutil.copytree(qbundle, dst)
+    int8_acc = {"ti": 89.3, "b": 93.4}  # "s" has none: it cannot be an int8 candidate
+
+    def mutate(m, _p):
+        m.exports["precisions"]["int8"]["accuracy"] = {
+            v: {"top1": a, "split": "test", "n": 1000} for v, a in int8_acc.items()}
+
+    update_manifest(dst, mutate)
+    ids = ["ti", "s", "b"]
+    with snrt.Runtime(dst, variants=ids, precisions=["fp32", "int8"], tasks=[]) as rt:
+        key = bundle_key(rt.bundle)
+        table = LookupTable.new()
+        for vid, ms32, ms8 in (("ti", 1.0, 0.9), ("s", 2.0, 1.5), ("b", 6.0, 3.0)):
+            v = rt.bundle.variant(vid)
+            table.put(Entry(key, vid, v.cfg_id, "onnxruntime", "fp32", 1, ms32, ms32,
+                            flops=v.flops, accuracy=v.top1))
+            table.put(Entry(key, vid, v.cfg_id, "onnxruntime", "int8", 1, ms8, ms8,
+                            flops=v.flops))
+        mon = SimulatedMonitor()
+        ctl = Controller.auto(rt, table=table, monitor=mon, config=PolicyConfig())
+        assert ctl.base_ms == {"ti": 1.0, "s": 2.0, "b": 6.0, "ti|int8": 0.9, "b|int8": 3.0}
+        assert ctl.accuracy["b|int8"] == 93.4 and "s|int8" not in ctl.accuracy
+        assert "b|int8" in {c.id for c in ctl.candidates}
+        off = Controller.auto(rt, table=table, monitor=mon, precisions=["fp32"])
+        assert set(off.base_ms) == set(ids)
