@@ -233,7 +233,8 @@ def main(argv=None) -> int:
         t_loop = time.monotonic()
         recs = frame_loop(rt, samples, period, total, schedule, hog)
         rt.set_controller(None)
-        events = [(e.t_s - t_loop, e.from_id, e.to_id, e.reason)
+        events = [(e.t_s - t_loop, cand_key(e.from_id or "-", e.from_precision),
+                   cand_key(e.to_id, e.to_precision), e.reason)
                   for e in rt.switches()[n_sw0:]]
         if name == "adaptive" and rnd == 0:
             adaptive_log = events
