@@ -63,17 +63,31 @@ class Hog:
         self.off()
 
 
-def latencies(rt, vid, x, seconds):
+def latencies(rt, key, x, seconds):
+    """Back-to-back latencies of a candidate key (a variant id, or "id|int8")."""
+    from snrt.controller import split_key
+
+    vid, prec = split_key(key)
     out, t_end = [], time.perf_counter() + seconds
-    rt.run(x, variant=vid)
+    rt.run(x, variant=vid, precision=prec)
     while time.perf_counter() < t_end:
-        out.append(rt.run(x, variant=vid).latency_ms)
+        out.append(rt.run(x, variant=vid, precision=prec).latency_ms)
     return np.asarray(out)
+
+
+def switch(rt, key, reason="manual"):
+    from snrt.controller import split_key
+
+    vid, prec = split_key(key)
+    rt.switch(vid, reason=reason, precision=prec)
 
 
 def frame_loop(rt, xs, period_ms, seconds, hog_schedule, hog, on_frame=None):
     """Run frames at 1000/period FPS for `seconds`; hog_schedule(t) -> bool, or None to leave
-    the hog as it is. Returns records (t, variant, latency ms, hog wanted)."""
+    the hog as it is. Returns records (t, candidate key: variant or
+    "id|int8", latency ms, hog wanted)."""
+    from snrt.controller import cand_key
+
     recs = []
     t0 = time.perf_counter()
     nxt = t0
@@ -89,7 +103,7 @@ def frame_loop(rt, xs, period_ms, seconds, hog_schedule, hog, on_frame=None):
             hog.on() if want else hog.off()
             hog_state = want
         res = rt.run(xs[i % len(xs)])
-        recs.append((t, res.variant.id, res.latency_ms, want))
+        recs.append((t, cand_key(res.variant.id, res.precision), res.latency_ms, want))
         if on_frame:
             on_frame(t, res)
         i += 1
@@ -127,17 +141,29 @@ def main(argv=None) -> int:
                          "20%% for an app's own work")
     ap.add_argument("--repeat", type=int, default=1,
                     help="run scenario 1 this many times (strategies interleaved per round)")
+    ap.add_argument("--precisions", default="fp32",
+                    help="e.g. fp32,int8: (variant, precision) candidates (the bundle needs "
+                         "int8 graphs with accuracies: tools/default_family_int8.py --out "
+                         "build/default-int8-acc.snrt); the battery scenario then runs with "
+                         "precision switching off and on")
     args = ap.parse_args(argv)
 
     import snrt
-    from snrt.controller import Controller, PolicyConfig
+    from snrt.controller import Controller, PolicyConfig, cand_key, precision_accuracy
     from snrt.lookup_table import Entry, pareto_front
     from snrt.monitor import SimulatedClock, SimulatedMonitor, SystemMonitor
 
     path = args.bundle or snrt.default_bundle()
-    rt = snrt.Runtime(path, threads=1)
+    precs = args.precisions.split(",")
+    rt = snrt.Runtime(path, threads=1, precisions=precs, tasks=[])
     b = rt.bundle
     acc = {v.id: v.top1 for v in rt.variants}
+    for p in precs[1:] if precs[0] == "fp32" else precs:
+        pacc = precision_accuracy(b, p)
+        if not pacc:
+            raise SystemExit(f"{b.path}: no {p} accuracies in the manifest (run "
+                             "tools/default_family_int8.py --out ...)")
+        acc.update({cand_key(v, p): a for v, a in pacc.items() if v in acc})
     if any(a is None for a in acc.values()):
         print("# bundle has no accuracies: using FLOPs rank as accuracy proxy")
         order = sorted(rt.variants, key=lambda v: v.flops)
@@ -147,9 +173,14 @@ def main(argv=None) -> int:
     samples = _sample_inputs(b, shape, rng)
 
     # 1. calibration: idle latency of all variants -> Pareto front; then front idle/loaded
-    idle = {v.id: float(np.median(latencies(rt, v.id, samples[0], 0.15))) for v in rt.variants}
-    front = [e.variant for e in pareto_front(
-        [Entry("", v, 0, "", "", 1, ms, ms, accuracy=acc[v]) for v, ms in idle.items()])]
+    idle = {k: float(np.median(latencies(rt, k, samples[0], 0.15))) for k in acc}
+
+    def front_of(keys):
+        return [e.variant for e in pareto_front(
+            [Entry("", k, 0, "", "", 1, idle[k], idle[k], accuracy=acc[k]) for k in keys])]
+
+    front = front_of(list(acc))
+    front_fp32 = front_of([k for k in acc if "|" not in k])
     hog = Hog(args.hog_procs)
     b2b = {vid: latencies(rt, vid, samples[0], args.calib_seconds) for vid in front}
     largest = max(front, key=lambda v: acc[v])
@@ -160,10 +191,11 @@ def main(argv=None) -> int:
         for cond in ("idle", "load"):
             hog.on() if cond == "load" else hog.off()
             for vid in front:
-                rt.switch(vid)
+                switch(rt, vid)
                 recs = frame_loop(rt, samples, period, args.calib_seconds, lambda t: None, hog)
                 cal.setdefault(vid, {})[cond] = np.array([r[2] for r in recs])
-    print(f"# {b.path.name}: {len(rt.variants)} variants, Pareto front {len(front)}; "
+    print(f"# {b.path.name}: {len(rt.variants)} variants x {precs}, Pareto front {len(front)}"
+          f" {front}; "
           f"period {period:.2f} ms ({1000 / period:.0f} FPS); hog {args.hog_procs} procs; "
           f"controller headroom {args.headroom}")
     rows = [{"variant": v, "top1": acc[v], "table p50": float(np.median(b2b[v])),
@@ -192,16 +224,17 @@ def main(argv=None) -> int:
             ctl = Controller(SystemMonitor(), base, {v: acc[v] for v in front},
                              config=PolicyConfig(target_fps=1000 / period,
                                                  headroom=args.headroom, min_dwell_s=1.0))
-            rt.switch(largest)
+            switch(rt, largest)
             rt.set_controller(ctl)
         else:
             rt.set_controller(None)
-            rt.switch(largest if name == "fixed-largest" else smallest)
+            switch(rt, largest if name == "fixed-largest" else smallest)
         n_sw0 = len(rt.switches())
         t_loop = time.monotonic()
         recs = frame_loop(rt, samples, period, total, schedule, hog)
         rt.set_controller(None)
-        events = [(e.t_s - t_loop, e.from_id, e.to_id, e.reason)
+        events = [(e.t_s - t_loop, cand_key(e.from_id or "-", e.from_precision),
+                   cand_key(e.to_id, e.to_precision), e.reason)
                   for e in rt.switches()[n_sw0:]]
         if name == "adaptive" and rnd == 0:
             adaptive_log = events
@@ -238,44 +271,56 @@ def main(argv=None) -> int:
         print(f"  t={t:5.1f}s {'load' if schedule(t) else 'idle'} {old} -> {new}: "
               f"{why.split(': ', 1)[-1]}")
 
-    # 3. battery drain with power saving from 30%
-    clock = SimulatedClock()
+    # 3. battery drain with power saving from 30%: precision switching off (fp32 front) and
+    # on (the (variant, precision) front) when several precisions are ready
     secs = args.battery_seconds
-    mon = SimulatedMonitor(clock=clock, battery_start_pct=100.0,
-                           drain_pct_per_h=95.0 / secs * 3600,
-                           power_saving=[(0.0, False), (secs * 70 / 95, True)])
-    ctl = Controller(mon, base, {v: acc[v] for v in front},
-                     config=PolicyConfig(target_fps=1000 / period, headroom=args.headroom,
-                                         min_dwell_s=1.0), clock=clock)
-    rt.switch(largest)
-    rt.set_controller(ctl)
-    t_prev = [0.0]
+    b2b.update({k: latencies(rt, k, samples[0], args.calib_seconds)
+                for k in front_fp32 if k not in b2b})
+    modes = [("off", front_fp32), ("on", front)] if len(precs) > 1 else [("-", front)]
+    rows, logs = [], {}
+    for mode, cands in modes:
+        clock = SimulatedClock()
+        mon = SimulatedMonitor(clock=clock, battery_start_pct=100.0,
+                               drain_pct_per_h=95.0 / secs * 3600,
+                               power_saving=[(0.0, False), (secs * 70 / 95, True)])
+        ctl = Controller(mon, {k: float(np.median(b2b[k])) for k in cands},
+                         {k: acc[k] for k in cands},
+                         config=PolicyConfig(target_fps=1000 / period, headroom=args.headroom,
+                                             min_dwell_s=1.0), clock=clock)
+        switch(rt, max(cands, key=lambda k: acc[k]))
+        rt.set_controller(ctl)
+        t_prev = [0.0]
 
-    def tick(t, res):
-        clock.advance(t - t_prev[0])
-        t_prev[0] = t
+        def tick(t, res, clock=clock, t_prev=t_prev):
+            clock.advance(t - t_prev[0])
+            t_prev[0] = t
 
-    recs = frame_loop(rt, samples, period, secs, lambda t: False, hog, on_frame=tick)
-    rt.set_controller(None)
-    bands = [(100, 70), (70, 30), (30, 20), (20, 10), (10, 5)]
-    rows = []
-    for hi, lo in bands:
-        sel = [r for r in recs if lo < 100 - 95 * r[0] / secs <= hi]
-        if not sel:
-            continue
-        used = {}
-        for r in sel:
-            used[r[1]] = used.get(r[1], 0) + 1
-        main_v = max(used, key=used.get)
-        rows.append({"battery %": f"{hi}-{lo}", "power saving": "yes" if hi <= 30 else "no",
-                     "variant (most frames)": main_v, "variants used": len(used),
-                     "mean top1": float(np.mean([acc[r[1]] for r in sel])),
-                     "mean latency ms": float(np.mean([r[2] for r in sel]))})
-    print(f"\n## Scenario 2: simulated battery 100% -> 5% in {secs:.0f} s, power saving from 30%")
+        recs = frame_loop(rt, samples, period, secs, lambda t: False, hog, on_frame=tick)
+        rt.set_controller(None)
+        logs[mode] = list(ctl.events)
+        for hi, lo in [(100, 70), (70, 30), (30, 20), (20, 10), (10, 5)]:
+            sel = [r for r in recs if lo < 100 - 95 * r[0] / secs <= hi]
+            if not sel:
+                continue
+            used = {}
+            for r in sel:
+                used[r[1]] = used.get(r[1], 0) + 1
+            main_v = max(used, key=used.get)
+            lat = np.array([r[2] for r in sel])
+            rows.append({"precision switching": mode, "battery %": f"{hi}-{lo}",
+                         "power saving": "yes" if hi <= 30 else "no",
+                         "variant (most frames)": main_v, "variants used": len(used),
+                         "mean top1": float(np.mean([acc[r[1]] for r in sel])),
+                         "mean latency ms": float(lat.mean()),
+                         "miss %": 100 * float(np.mean(lat > period))})
+    print(f"\n## Scenario 2: simulated battery 100% -> 5% in {secs:.0f} s, power saving from "
+          f"30% (deadline {period:.2f} ms)")
     print(table(rows))
-    for e in [e for e in ctl.events][:12]:
-        print(f"  t={e.t_s:5.1f}s battery {e.state['battery_pct']:.0f}% -> "
-              f"{e.decision['target']}: {e.decision['reason']}")
+    for mode, evs in logs.items():
+        print(f"switch log, precision switching {mode}:")
+        for e in evs[:12]:
+            print(f"  t={e.t_s:5.1f}s battery {e.state['battery_pct']:.0f}% -> "
+                  f"{e.decision['target']}: {e.decision['reason']}")
     rt.close()
     return 0
 

@@ -86,6 +86,13 @@ class Bundle:
                 self._graph_owner[info.graph] = info.id
             for vid, rel in t.graphs.items():  # whole graphs of a variant with the task
                 self._graph_owner[rel] = f"{vid}@{t.name}"
+        # precision -> {"pieces": {id: graph}, "variants": {id: graph}} (snrt-export quantize)
+        self._precision_graphs: dict[str, dict] = {}
+        for prec, rec in manifest.exports.get("precisions", {}).items():
+            self._precision_graphs[prec] = rec
+            for key in ("pieces", "variants"):
+                for owner, rel in rec.get(key, {}).items():
+                    self._graph_owner[rel] = owner
         self._members: dict[str, VariantInfo] = {}  # unlisted members of open spaces
         self._graphs_checked: set[str] = set()
         self._lock = threading.Lock()
@@ -173,7 +180,8 @@ class Bundle:
                               f"lists it as the graph of '{owner}' (graphs swapped or "
                               "replaced); do not use it: re-export the bundle")
         rec = self._pieces.get(owner)
-        io = (rec.input, rec.output) if rec is not None and rec.graph == rel else \
+        io = (rec.input, rec.output) if rec is not None and (
+            rec.graph == rel or self._is_precision_piece(rel)) else \
             (self.manifest.input["name"], self.manifest.output["name"])
         if info.inputs != io[:1] or info.outputs[:1] != io[1:]:
             raise BundleError(f"{p}: inputs {list(info.inputs)} and outputs "
@@ -201,6 +209,11 @@ class Bundle:
                 raise BundleError(f"{p}: tensor '{ref.tensor}' reads bytes {ref.offset}.."
                                   f"{ref.offset + (ref.length or 0)} of {target}, which has "
                                   f"{size}; re-export the bundle")
+            q = self._quant_tensors.get(target)
+            if q is not None and q.get(ref.tensor) != (ref.offset, ref.dims):
+                raise BundleError(f"{p}: tensor '{ref.tensor}' (offset {ref.offset}, shape "
+                                  f"{list(ref.dims)}) is not where the manifest's int8 tensors "
+                                  f"table puts it; re-export the bundle")
             t = tensors.get(ref.tensor) if target == WEIGHTS else None
             if target == WEIGHTS and t is None:
                 t = _row_view(tensors, ref)
@@ -211,6 +224,22 @@ class Bundle:
                                   f"table puts it ({t}); re-export the bundle")
         with self._lock:
             self._graphs_checked.add(rel)
+
+    @functools.cached_property
+    def _quant_tensors(self) -> dict[str, dict]:
+        """Quantized weights file -> {tensor name in the graphs: (offset, dims)}."""
+        out: dict[str, dict] = {}
+        for rec in self._precision_graphs.values():
+            m = out.setdefault(rec["weights"], {})
+            for name, t in rec["tensors"].items():
+                shape = tuple(t["shape"])
+                m[name + ".int8"] = (t["offset"], shape)
+                m[name + ".scale"] = (t["scale_offset"], shape[1:])
+                m[name + ".zp"] = (t["zero_point_offset"], shape[1:])
+        return out
+
+    def _is_precision_piece(self, rel: str) -> bool:
+        return any(rel in r.get("pieces", {}).values() for r in self._precision_graphs.values())
 
     @functools.cached_property
     def _root(self) -> Path:
@@ -313,6 +342,33 @@ class Bundle:
     def piece_path(self, piece_id: str) -> Path:
         """A piece's graph, checked (name, external data) before it is handed out."""
         return self._graph(self.piece(piece_id).graph)
+
+    @property
+    def precisions(self) -> list[str]:
+        """The precisions this bundle holds graphs for: "fp32" and those `snrt-export quantize`
+        added (e.g. "int8")."""
+        return ["fp32", *self._precision_graphs]
+
+    def precision_record(self, precision: str) -> dict:
+        """The manifest's record of an added precision (exports["precisions"][precision])."""
+        rec = self._precision_graphs.get(precision)
+        if rec is None:
+            raise BundleError(
+                f"{self.path.name} holds no {precision} graphs (it has: "
+                f"{', '.join(self.precisions)}); add them with: snrt-export quantize "
+                f"{self.path} --precision {precision}")
+        return rec
+
+    def precision_graph_path(self, kind: str, key: str, precision: str) -> Path:
+        """The `precision` graph of a piece (kind "pieces") or variant ("variants"), checked;
+        fp32 is the bundle's own graph."""
+        if precision == "fp32":
+            return self.piece_path(key) if kind == "pieces" else self.graph_path(key)
+        rel = self.precision_record(precision)[kind].get(key)
+        if rel is None:
+            raise BundleError(f"{self.path.name}: no {precision} graph for {kind[:-1]} "
+                              f"'{key}'; re-run snrt-export quantize {self.path} --force")
+        return self._graph(rel)
 
     def task_graph_path(self, task: str, variant: str) -> Path | None:
         """The whole graph of `variant` with `task`, checked, or None if none was exported."""

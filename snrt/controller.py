@@ -48,6 +48,13 @@ FLOPs). When the app switches task (`rt.switch(task=...)`), the next frame's dec
 that task's front (`task_candidates`, pure like `decide`); the contention learnt so far is
 kept (it is the machine's, not the task's), the miss window and "home" start afresh.
 
+Precision (issue 18): with several precisions ready (`Runtime(precisions=["fp32", "int8"])`)
+a candidate is a (variant, precision) pair, keyed `cand_key(id, precision)`: the plain id for
+fp32, "<id>|int8" for int8. Its latency is the lookup table's entry at that precision and its
+accuracy the manifest's (exports.precisions.int8.accuracy); the front and the rules above are
+the same, so under power saving `b|int8` is kept when it is more accurate than `ti` and fits.
+The controller switches with `rt.switch(id, precision=...)`; tasks stay fp32.
+
 `decide()` is a pure function of (state, estimates, current, time): easy to test and tune.
 """
 
@@ -69,6 +76,32 @@ from .lookup_table import LookupTable, LookupTableError, bundle_key, pareto_fron
 from .monitor import Monitor, PowerState, SystemMonitor
 
 log = logging.getLogger(__name__)
+
+# Precision as a dimension: a candidate is a (variant, precision) pair, keyed by the variant id
+# for fp32 (so fp32-only tables, tasks and apps see plain ids) and "<id>|<precision>" else.
+KEY_SEP = "|"
+
+
+def cand_key(variant: str, precision: str | None = "fp32") -> str:
+    """The candidate key of (variant, precision): the id itself for fp32."""
+    return variant if precision in (None, "fp32") else f"{variant}{KEY_SEP}{precision}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """(variant id, precision) of a candidate key."""
+    vid, _, prec = key.partition(KEY_SEP)
+    return vid, prec or "fp32"
+
+
+def precision_accuracy(bundle, precision: str) -> dict[str, float]:
+    """Per-variant top-1 of an added precision, as the manifest records it
+    (exports.precisions.<p>.accuracy, tools/default_family_int8.py); {} when not measured."""
+    try:
+        rec = bundle.precision_record(precision)
+    except SnrtError:
+        return {}
+    return {vid: float(a["top1"]) for vid, a in (rec.get("accuracy") or {}).items()
+            if isinstance(a, dict) and a.get("top1") is not None}
 
 
 @dataclass(frozen=True)
@@ -365,11 +398,15 @@ class Controller:
     def auto(cls, rt, *, table: LookupTable | str | os.PathLike | None = None,
              monitor: Monitor | None = None, config: PolicyConfig | None = None,
              backend: str | None = None, precision: str = "fp32",
-             rank: str | None = None) -> Controller:
+             rank: str | None = None, precisions: list[str] | None = None) -> Controller:
         """Controller for a runtime: this device's lookup table (from `table`, else
         $SNRT_LOOKUP_TABLES, the per-user data directory, ./lookup_tables or the shipped
         tables: snrt.paths), else FLOPs-proportional estimates that the
-        feedback rescales; SystemMonitor unless one is given."""
+        feedback rescales; SystemMonitor unless one is given.
+        precisions: the precisions the controller may switch among (default: every one the
+        runtime keeps ready, `Runtime(precisions=[...])`; ["fp32"] turns precision switching
+        off). A (variant, precision) other than `precision` is a candidate when the table has
+        its latency and, ranking by accuracy, the manifest its accuracy in that precision."""
         if hasattr(rt, "auto_controller"):  # a MultiRuntime: each bundle's figures, one front
             return rt.auto_controller(table=table, monitor=monitor, config=config,
                                       backend=backend, precision=precision, rank=rank)
@@ -401,6 +438,25 @@ class Controller:
             if not acc:
                 log.warning("controller: no variant of %s has a measured accuracy: ranking by "
                             "FLOPs (rank='flops', a proxy)", rt.bundle.name)
+        extra = [p for p in (precisions if precisions is not None
+                             else getattr(rt, "precisions", [precision])) if p != precision]
+        for p in extra:
+            pes = tbl.select(key, backend or rt.backend_name, p, rt.threads) \
+                if tbl is not None else []
+            pacc = precision_accuracy(rt.bundle, p)
+            got = [e for e in pes if e.variant in ids and (rank != "accuracy" or
+                                                           e.variant in pacc)]
+            if not got or rank == "flops":
+                log.warning("controller: precision %s is not a candidate (%s)", p,
+                            "ranking by FLOPs cannot tell precisions apart" if rank == "flops"
+                            else f"no lookup-table entries at {p}" if not pes else
+                            f"no variant has a measured {p} accuracy in the manifest")
+                continue
+            for e in got:
+                k = cand_key(e.variant, p)
+                base[k], infos[k] = e.p50_ms, infos.get(e.variant) or rt.bundle.variant(
+                    e.variant)
+                acc[k] = pacc[e.variant]
         log.info("controller: latencies from %s, %d candidates, ranked by %s", source,
                  len(base), rank)
         tasks = {}
@@ -566,7 +622,7 @@ class Controller:
         rec_task = getattr(rec, "task", None)
         front = self._fronts.get(rec_task)  # per-call task= frames: their own front
         base = (self.base_ms if rec_task == self.task else
-                front.base_ms if front is not None else {}).get(rec.variant)
+                front.base_ms if front is not None else {}).get(_rec_key(rec))
         if base is not None and rec.batch == 1:
             self.contention.update(rec.latency_ms, base)
         now = self.clock()
@@ -591,12 +647,13 @@ class Controller:
             self._last_decide = now
             state = self.monitor.read()
             home, home_budget = self._home or (None, float("inf"))
-            d = decide(state, self.candidates, rt.current.id, self.contention.value, now,
+            current = _rt_key(rt)
+            d = decide(state, self.candidates, current, self.contention.value, now,
                        self._last_switch, self.config, self.dwell_s, self.miss_stats(now),
                        self._last_down, home, home_budget)
             self._deadline_ms = d.budget.budget_ms / self.config.headroom
             self._adapt_dwell(d, now)
-            self._track_home(d, rt.current.id)
+            self._track_home(d, current)
             if d.switch:
                 self._last_switch = now
                 if d.kind == "up":
@@ -606,7 +663,11 @@ class Controller:
                 self.events.append(ControllerEvent(now, state.to_json(), _dec_json(d)))
                 if d.home:
                     self.contention.reset()
-                rt.switch(d.target, reason=d.reason)
+                vid, prec = split_key(d.target)
+                if hasattr(rt, "current_precision"):
+                    rt.switch(vid, reason=d.reason, precision=prec)
+                else:
+                    rt.switch(vid, reason=d.reason)
             return d
         finally:
             self._lock.release()
@@ -630,8 +691,8 @@ class Controller:
         """Record whether this frame missed the deadline in force. The miss window is per
         variant (a switch, by the controller or the app, starts it afresh); the time since the
         last miss is not: misses just before a step down still argue against stepping up."""
-        if rec.variant != self._miss_variant:
-            self._miss_variant = rec.variant
+        if _rec_key(rec) != self._miss_variant:
+            self._miss_variant = _rec_key(rec)
             self._miss_hist.clear()
             self.contention.new_variant()
         if self._deadline_ms is None:
@@ -677,9 +738,18 @@ class Controller:
                 "misses": _miss_json(self.miss_stats()), "deadline_misses": self.deadline_misses,
                 "dwell_s": self.dwell_s, "home": self._home[0] if self._home else None,
                 "current": rt.current.id if rt else None, "rank": self.rank,
+                "current_key": _rt_key(rt) if rt else None,
                 "task": self.task, "tasks": [k for k in self._fronts if k is not None],
                 "candidates": [asdict(c) for c in self.candidates],
                 "config": asdict(self.config)}
+
+
+def _rec_key(rec) -> str:
+    return cand_key(rec.variant, getattr(rec, "precision", "fp32"))
+
+
+def _rt_key(rt) -> str:
+    return cand_key(rt.current.id, getattr(rt, "current_precision", "fp32"))
 
 
 def _miss_json(m: MissStats) -> dict:
@@ -717,6 +787,6 @@ def _find_table(table) -> LookupTable | None:
     return None
 
 
-__all__ = ["RANKS", "Budget", "Candidate", "ContentionEstimate", "Controller", "Decision",
-           "MissStats", "PolicyConfig", "TaskFront", "decide", "frame_budget",
-           "front_from_bundle", "task_candidates"]
+__all__ = ["KEY_SEP", "RANKS", "Budget", "Candidate", "ContentionEstimate", "Controller",
+           "Decision", "MissStats", "PolicyConfig", "TaskFront", "cand_key", "decide",
+           "frame_budget", "front_from_bundle", "split_key", "task_candidates"]

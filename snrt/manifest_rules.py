@@ -190,6 +190,10 @@ def _validate(v: _Checker, d: dict, ver: int) -> None:
                    f"{graphs[x['graph']]}; every piece and variant has its own graph")
         graphs[x["graph"]] = f"variants[{i}]"
     _tensors(v, d["tensors"], files, space)
+    if "precisions" in d["exports"]:  # snrt-export quantize (snrt.manifest_precisions)
+        from .manifest_precisions import validate_precisions
+
+        validate_precisions(v, d["exports"]["precisions"], files, d["pieces"], d["variants"])
     if "tasks" in d:
         from .manifest_tasks import validate_tasks
 

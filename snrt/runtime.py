@@ -59,6 +59,8 @@ class SwitchEvent:
     switch_ms: float  # time spent inside switch()
     from_task: str | None = None  # None: the backbone's own head
     to_task: str | None = None
+    from_precision: str | None = None
+    to_precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class FrameRecord:
     total_ms: float  # preprocessing + inference
     batch: int
     task: str | None = None
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ class Result:
     total_ms: float
     task: str | None = None  # the task whose tuners and head ran; None: the backbone's head
     labels: list[str] | None = None  # of the head that produced the logits
+    precision: str = "fp32"  # the precision of the graphs that ran ("fp32", "int8")
 
 
 def _percentiles(xs: list[float]) -> dict:
@@ -106,6 +110,7 @@ class Runtime:
                  initial: str | int | None = None, lazy: bool = False,
                  controller=None, verify: bool | str = True, history: int = 4096,
                  expected_digest: str | None = None, tasks: list[str] | None = None,
+                 precision: str = "fp32", precisions: list[str] | None = None,
                  **backend_options):
         """
         bundle: a bundle directory or an open Bundle.
@@ -122,6 +127,14 @@ class Runtime:
             `snrt-export info`); pins the exact bundle (every file, with verify=True).
         tasks: names of the bundle's tasks to keep ready (default: all; with the tflite
             backend, those exported as TFLite at its precision: snrt-export tflite --task).
+            On onnxruntime tasks run in fp32 (their tuned runs have no int8 graphs): a
+            Runtime whose precisions exclude "fp32" keeps none by default and refuses tasks=.
+        precision: the precision active first and, without `precisions`, the only one ready:
+            "fp32", or "int8" (onnxruntime: the graphs `snrt-export quantize` adds; tflite:
+            the exported int8 files).
+        precisions: precisions to keep ready at once (onnxruntime), e.g. ["fp32", "int8"]:
+            every ready variant in each; `switch(key, precision=...)` moves between them
+            without creating a session.
         """
         if isinstance(bundle, Bundle):
             self.bundle = bundle
@@ -131,14 +144,29 @@ class Runtime:
             self.bundle = Bundle.open(bundle, verify=verify, expected_digest=expected_digest)
         keep = self.bundle.variants if variants is None else [self.bundle.variant(k)
                                                                 for k in variants]
+        precs = [precision] if precisions is None else list(dict.fromkeys(precisions))
+        if precision not in precs:
+            raise SnrtError(f"precision {precision!r} is not in precisions {precs}")
+        if len(precs) > 1 and backend != "onnxruntime":
+            raise SnrtError(f"several precisions at once run on the onnxruntime backend only "
+                            f"(got backend '{backend}')")
+        if backend == "onnxruntime":
+            for p in precs:
+                if p not in self.bundle.precisions:
+                    self.bundle.precision_record(p)  # BundleError: run snrt-export quantize
+        self._precisions = precs
+        if tasks and backend == "onnxruntime" and "fp32" not in precs:
+            raise SnrtError("tasks run in fp32 only on onnxruntime (snrt-export quantize makes "
+                            "no int8 graphs of a task's tuned runs); drop tasks= or add 'fp32' "
+                            "to precisions=")
         if variants is None and backend == "tflite":  # only what has been exported
-            prec = backend_options.get("precision", "fp32")
+            prec = precision
             keep = [v for v in keep if prec in v.exports.get("tflite", {})] or keep
         if not keep:
             raise SnrtError("Runtime needs at least one variant")
         self._ready_set = {v.id: v for v in keep}
         self._backend = create_backend(backend, self.bundle, threads=threads, variants=keep,
-                                       **backend_options)
+                                       precision=precision, **backend_options)
         self.backend_name = backend
         self.threads = threads
         self._lock = threading.Lock()
@@ -149,8 +177,10 @@ class Runtime:
         self._n_frames = 0
         self._n_errors = 0
         self._closed = False
-        names = [t.name for t in self.bundle.tasks
-                 if self._backend.task_variants(t)] if tasks is None else list(tasks)
+        fp32_tasks_only = backend == "onnxruntime" and "fp32" not in precs
+        names = [] if tasks is None and fp32_tasks_only else [
+            t.name for t in self.bundle.tasks
+            if self._backend.task_variants(t)] if tasks is None else list(tasks)
         self._tasks = {n: self.bundle.task(n) for n in names}
         for t in self._tasks.values():
             if not self._backend.task_variants(t):
@@ -161,16 +191,17 @@ class Runtime:
         self._task_ex: dict[tuple[str, str], object] = {}
         t0 = time.monotonic()
         if not lazy:
-            for v in keep:
-                self._backend.load(v)
+            for p in precs:
+                for v in keep:
+                    self._load(v, p)
             for t in self._tasks.values():
                 for vid in self._backend.task_variants(t):
                     if vid in self._ready_set:
                         self._executor(self._ready_set[vid], t.name)
         first = self.bundle.variant(initial) if initial is not None else _default_initial(keep)
-        # (variant, executor, task): one reference, read once per call
-        self._active: tuple[VariantInfo, object, str | None] = (first, self._executor(first),
-                                                                None)
+        # (variant, executor, task, precision): one reference, read once per call
+        self._active: tuple[VariantInfo, object, str | None, str] = (
+            first, self._executor(first, None, precision), None, precision)
         self.load_seconds = time.monotonic() - t0
         log.debug("runtime ready: %d variants on %s in %.2fs, active %s", len(keep), backend,
                  self.load_seconds, first.id)
@@ -187,6 +218,21 @@ class Runtime:
     @property
     def current(self) -> VariantInfo:
         return self._active[0]
+
+    @property
+    def current_precision(self) -> str:
+        """The active precision ("fp32", "int8")."""
+        return self._active[3]
+
+    @property
+    def precisions(self) -> list[str]:
+        """The precisions this runtime keeps ready."""
+        return list(self._precisions)
+
+    def _load(self, v: VariantInfo, precision: str):
+        if self.backend_name == "onnxruntime":
+            return self._backend.load(v, precision)
+        return self._backend.load(v)
 
     @property
     def current_task(self) -> str | None:
@@ -234,15 +280,25 @@ class Runtime:
             raise SnrtError(f"unknown task {task!r}; this runtime's tasks: {known} ({hint})")
         return task
 
-    def _executor(self, v: VariantInfo, task: str | None = None):
+    def _executor(self, v: VariantInfo, task: str | None = None, precision: str = "fp32"):
         if v.id not in self._ready_set and v.index < 0 and v.graph is None:
             with self._lock:  # an unlisted member of an open space: made ready on first use
                 self._ready_set.setdefault(v.id, v)
         if v.id not in self._ready_set:
             raise SnrtError(f"variant '{v.id}' is in the bundle but not in this runtime's "
                             f"ready set; pass it in Runtime(variants=...)")
+        if precision not in self._precisions:
+            more = "" if precision in self.bundle.precisions else (
+                f"; the bundle holds {self.bundle.precisions}: add it with snrt-export "
+                f"quantize {self.bundle.path} --precision {precision}")
+            raise SnrtError(f"precision {precision!r} is not ready in this runtime (ready: "
+                            f"{self._precisions}); pass Runtime(precisions=[...]){more}")
         if task is None:
-            return self._backend.load(v)
+            return self._load(v, precision)
+        if precision != "fp32" and self.backend_name == "onnxruntime":
+            raise SnrtError(f"task {task!r} runs in fp32 only on onnxruntime (asked for "
+                            f"{precision!r}): switch(task=False) for the backbone's head in "
+                            f"{precision}, or switch(precision='fp32') for the task")
         ex = self._task_ex.get((v.id, task))  # a dict read: no lock on the per-call path
         if ex is None:
             t = self._tasks[task]
@@ -255,21 +311,23 @@ class Runtime:
         return ex
 
     def switch(self, key: str | int | None = None, reason: str = "manual", *,
-               task: str | bool | None = None) -> VariantInfo:
+               task: str | bool | None = None, precision: str | None = None) -> VariantInfo:
         """Make `key` (id or cfg_id; None: keep the active one) the active variant and `task`
         (a name; None: keep the active task; False: the backbone's own head) the active task.
-        Atomic; in-flight calls finish on what they started with. Cheap (a reference swap)
-        when the pair is ready."""
+        `precision` ("fp32", "int8"; None: keep the active one) must be one of the runtime's
+        `precisions`. Atomic; in-flight calls finish on what they started with. Cheap (a
+        reference swap, no session created) when the triple is ready."""
         self._check_open()
         t0 = time.perf_counter()
         v = self._active[0] if key is None else self.bundle.variant(key)
         name = self._task_name(task)
-        ex = self._executor(v, name)  # loads it first if the runtime is lazy
+        prec = self._active[3] if precision is None else precision
+        ex = self._executor(v, name, prec)  # loads it first if the runtime is lazy
         with self._lock:
-            old_v, _, old_t = self._active
-            self._active = (v, ex, name)
+            old_v, _, old_t, old_p = self._active
+            self._active = (v, ex, name, prec)
         ev = SwitchEvent(time.monotonic(), old_v.id, v.id, reason,
-                         (time.perf_counter() - t0) * 1e3, old_t, name)
+                         (time.perf_counter() - t0) * 1e3, old_t, name, old_p, prec)
         self._switches.append(ev)
         for cb in list(self._listeners):
             try:
@@ -284,17 +342,18 @@ class Runtime:
 
     # -- inference ---------------------------------------------------------------------------
     def run(self, x, *, variant: str | int | None = None,
-            task: str | bool | None = None) -> Result:
+            task: str | bool | None = None, precision: str | None = None) -> Result:
         """Like infer(), but returns a Result with the variant and task that produced the
         logits and the latency of this call."""
         self._check_open()
         t0 = time.perf_counter()
-        if variant is None and task is None:
-            v, ex, name = self._active
+        if variant is None and task is None and precision is None:
+            v, ex, name, prec = self._active
         else:
             v = self._active[0] if variant is None else self.bundle.variant(variant)
             name = self._task_name(task)
-            ex = self._executor(v, name)
+            prec = self._active[3] if precision is None else precision
+            ex = self._executor(v, name, prec)
         try:
             batch, batched = to_batch(x, self.bundle.preprocess)
         except InputError:
@@ -312,7 +371,7 @@ class Runtime:
                 f"{float(batch.min()):.3g} to {float(batch.max()):.3g}; a preprocessed image "
                 "is normalised, within a few units of 0)")
         rec = FrameRecord(time.monotonic(), v.id, (t2 - t1) * 1e3, (t2 - t0) * 1e3, len(batch),
-                          name)
+                          name, prec)
         self._frames.append(rec)
         self._n_frames += 1
         ctl = self.controller
@@ -320,17 +379,17 @@ class Runtime:
             ctl.observe(self, rec)
         labels = self._tasks[name].labels if name is not None else self.bundle.labels
         return Result(out if batched else out[0], v, rec.latency_ms, rec.total_ms, name,
-                      labels)
+                      labels, prec)
 
     def infer(self, x, *, variant: str | int | None = None,
-              task: str | bool | None = None) -> np.ndarray:
+              task: str | bool | None = None, precision: str | None = None) -> np.ndarray:
         """Logits for one input ([classes]) or a batch ([B, classes]).
 
         x: PIL image, image path, uint8 HxW(xC) array, preprocessed float CxHxW array, a 4-D
         float batch, or a list of those. `variant` / `task` run a specific variant / task for
         this call only (task=False: the backbone's own head).
         """
-        return self.run(x, variant=variant, task=task).logits
+        return self.run(x, variant=variant, task=task, precision=precision).logits
 
     def classify(self, x, k: int = 5, *, variant: str | int | None = None,
                  task: str | bool | None = None) -> list[tuple[str, float]]:
@@ -374,6 +433,7 @@ class Runtime:
         sw = list(self._switches)
         return {
             "current": self.current.id, "current_task": self.current_task,
+            "current_precision": self.current_precision,
             "backend": self._backend.info(),
             "frames": self._n_frames, "input_errors": self._n_errors,
             "latency_ms": _percentiles([f.latency_ms for f in frames]),

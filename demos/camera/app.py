@@ -73,6 +73,7 @@ class DemoOptions:
     energy: EnergyModel = field(default_factory=EnergyModel)
     verify: bool | str = True
     calibrate_runs: int = 10
+    precisions: tuple[str, ...] = ("fp32",)  # e.g. ("fp32", "int8"): precision switching
     seed: int = 0
     simulate_latency: str | None = None  # None: measured; "flops[:MAX_MS]" or a table path
     sensors: str = "system"  # or "simulated"
@@ -104,8 +105,12 @@ class DemoApp:
         opened: list[Any] = []
         try:
             if len(paths) == 1:
-                rt = Runtime(paths[0], threads=opts.threads, verify=opts.verify)
+                rt = Runtime(paths[0], threads=opts.threads, verify=opts.verify,
+                             precisions=list(opts.precisions))
             else:  # one controller over every bundle's variants (stitches and subnets)
+                if list(opts.precisions) != ["fp32"]:
+                    raise SnrtError("--precisions other than fp32 take one --bundle "
+                                    "(several bundles run fp32)")
                 rt = MultiRuntime(paths, threads=opts.threads, verify=opts.verify)
             opened.append(rt)
             latency = (simulated_latency(opts.simulate_latency, rt)
@@ -242,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="report each variant's latency from a table instead of the wall "
                    "clock: 'flops' (the largest variant takes 40 ms, the others their FLOPs "
                    "share; flops:MAX_MS to change it) or a lookup table JSON")
+    p.add_argument("--precisions", default="fp32", metavar="fp32[,int8]",
+                   help="precisions kept ready; with int8 (a bundle `snrt-export quantize` "
+                        "made, with int8 accuracies) the controller switches (variant, "
+                        "precision) pairs and the switch log shows the precision")
     p.add_argument("--sensors", choices=SENSOR_CHOICES, default=d.sensors,
                    help="simulated: no CPU load, temperature or system power saving from "
                    "this machine (implies the simulated battery)")
@@ -286,7 +295,8 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
                        battery=args.battery, battery_start_pct=args.battery_start_pct,
                        energy=energy, verify="size" if args.no_verify else True,
                        simulate_latency=args.simulate_latency, sensors=args.sensors,
-                       clock=args.clock)
+                       clock=args.clock,
+                       precisions=tuple(p for p in args.precisions.split(",") if p))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,14 @@ import time
 import numpy as np
 
 from snrt.bundle import VariantInfo
-from snrt.controller import Controller, PolicyConfig, TaskFront, front_from_bundle
+from snrt.controller import (
+    Controller,
+    PolicyConfig,
+    TaskFront,
+    cand_key,
+    front_from_bundle,
+    precision_accuracy,
+)
 from snrt.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -59,19 +66,21 @@ def task_candidate_ids(rt: Runtime, task) -> list[str]:
 
 
 def calibrate(rt: Runtime, ids: list[str], frame: np.ndarray, runs: int = 10,
-              warmup: int = 2, task: str | bool = False) -> dict[str, float]:
+              warmup: int = 2, task: str | bool = False,
+              precision: str | None = None) -> dict[str, float]:
     """Each variant's latency (ms) on this machine without contention, estimated as the 25th
     percentile of `runs` runs measured round-robin (a burst of background load then hits
     every variant alike, and mostly the upper runs). Run before a controller is attached:
     these calls must not drive it. `task`: a task's name (its tuners and head), or False
-    (the backbone's own head)."""
+    (the backbone's own head). `precision`: one of the runtime's precisions (default: fp32)."""
+    kw = {} if precision is None else {"precision": precision}
     for vid in ids:
         for _ in range(warmup):
-            rt.run(frame, variant=vid, task=task)
+            rt.run(frame, variant=vid, task=task, **kw)
     ms: dict[str, list[float]] = {vid: [] for vid in ids}
     for _ in range(runs):
         for vid in ids:
-            ms[vid].append(rt.run(frame, variant=vid, task=task).latency_ms)
+            ms[vid].append(rt.run(frame, variant=vid, task=task, **kw).latency_ms)
     return {vid: float(np.percentile(v, 25)) for vid, v in ms.items()}
 
 
@@ -107,7 +116,13 @@ def build_controller(rt: Runtime, monitor, *, target_fps: float | None, frame: n
         if source.startswith("FLOPs"):
             ids = candidate_ids(rt.variants)
             t0 = time.monotonic()
-            base = calibrate(rt, ids, frame, runs=calibrate_runs)
+            base = calibrate(rt, ids, frame, runs=calibrate_runs, precision="fp32")
+            for p in [p for p in getattr(rt, "precisions", ["fp32"]) if p != "fp32"]:
+                pacc = precision_accuracy(rt.bundle, p)  # (variant, p) pairs with a top-1
+                p_ms = calibrate(rt, [i for i in ids if i in pacc], frame,
+                                 runs=calibrate_runs, precision=p)
+                base.update({cand_key(i, p): ms for i, ms in p_ms.items()})
+                acc.update({cand_key(i, p): pacc[i] for i in p_ms})
             tasks: dict[str, TaskFront] = {}
             for t in rt.tasks:  # each task's candidates, measured with its tuners and head
                 t_ms = calibrate(rt, task_candidate_ids(rt, t), frame, runs=calibrate_runs,
@@ -121,6 +136,20 @@ def build_controller(rt: Runtime, monitor, *, target_fps: float | None, frame: n
                       f"{time.monotonic() - t0:.1f} s)")
             log.info("controller latencies %s: %s", source,
                      ", ".join(f"{k} {v:.2f} ms" for k, v in base.items()))
+        elif any(p != "fp32" for p in getattr(rt, "precisions", ["fp32"])) and not any(
+                "|" in k for k in ctl.base_ms):  # the table has no int8 entries: measure
+            base, acc2 = dict(ctl.base_ms), dict(ctl.accuracy)
+            ids = [c.id for c in ctl.candidates]
+            for p in [p for p in rt.precisions if p != "fp32"]:
+                pacc = precision_accuracy(rt.bundle, p)
+                p_ms = calibrate(rt, [i for i in ids if i in pacc], frame,
+                                 runs=calibrate_runs, precision=p)
+                base.update({cand_key(i, p): ms for i, ms in p_ms.items()})
+                acc2.update({cand_key(i, p): pacc[i] for i in p_ms})
+                source += f"; {p}: {len(p_ms)} variants measured now"
+            ctl = Controller(monitor, base, acc2 or None, config=cfg, clock=clock,
+                             rank=ctl.rank, flops=ctl.flops,
+                             tasks={k: f for k, f in ctl.task_fronts.items() if k is not None})
     if target_fps is None:
         best = max(ctl.candidates, key=lambda c: (c.accuracy, -c.base_ms))
         target_fps = auto_fps(best.base_ms, cfg.headroom)

@@ -236,9 +236,13 @@ class DemoEngine:
                                    "to": ev.to_id, "reason": ev.reason,
                                    "switch_ms": ev.switch_ms,
                                    "from_task": ev.from_task, "to_task": ev.to_task,
-                                   **self.catalog.switch_json(ev.from_id, ev.to_id)})
-        log.info("switch %s -> %s (task %s -> %s): %s", ev.from_id, ev.to_id,
-                 ev.from_task or "-", ev.to_task or "-", ev.reason)
+                                   **self.catalog.switch_json(ev.from_id, ev.to_id),
+                                   "from_precision": getattr(ev, "from_precision", "fp32"),
+                                   "to_precision": getattr(ev, "to_precision", "fp32")})
+        log.info("switch %s %s -> %s %s (task %s -> %s): %s", ev.from_id,
+                 getattr(ev, "from_precision", "fp32"), ev.to_id,
+                 getattr(ev, "to_precision", "fp32"), ev.from_task or "-", ev.to_task or "-",
+                 ev.reason)
 
     # -- what the page reads -----------------------------------------------------------------
     def variant_json(self, v: VariantInfo) -> dict[str, Any]:

@@ -117,9 +117,9 @@ class OrtBackend:
                  task_prepack: bool = False):
         if placement not in PLACEMENTS:
             raise SnrtError(f"unknown placement '{placement}'; choose from {PLACEMENTS}")
-        if precision != "fp32":
-            raise SnrtError(f"the onnxruntime backend runs fp32 bundles; got precision "
-                            f"'{precision}' (int8/fp16 are served by the tflite backend)")
+        if precision not in bundle.precisions:
+            bundle.precision_record(precision)  # BundleError: how to add it
+        self.precision = precision  # what load() makes ready when not told
         self.bundle = bundle
         self.threads = max(1, int(threads))
         self.shared_arena = shared_arena
@@ -254,28 +254,40 @@ class OrtBackend:
         s = open_session(path, self.threads, self.shared_arena, self.prepack, inits)
         return _Step(s, s.get_inputs()[0].name, s.get_outputs()[0].name)
 
-    def load(self, variant: VariantInfo) -> ChainExecutor:
-        """Make `variant` ready: load the sessions it needs (sharing pieces) and warm up the
-        new ones (a never-run session page-faults its arena and packed weights on its first
-        1-2 runs; pieces already warm for another variant are not run again)."""
+    def load(self, variant: VariantInfo, precision: str | None = None) -> ChainExecutor:
+        """Make `variant` ready in `precision` (default: the backend's): load the sessions it
+        needs (sharing pieces) and warm up the new ones (a never-run session page-faults its
+        arena and packed weights on its first 1-2 runs; pieces already warm for another
+        variant are not run again). int8 graphs (snrt-export quantize) read the one shared
+        graphs/weights_int8.bin; each (piece, precision) is one session."""
+        prec = precision or self.precision
+        key = variant.id if prec == "fp32" else f"{variant.id}#{prec}"
+        ex = self._executors.get(key)  # a dict read: no lock when ready
+        if ex is not None:
+            return ex
         with self._lock:
-            if variant.id in self._executors:
-                return self._executors[variant.id]
+            if key in self._executors:
+                return self._executors[key]
+            if prec not in self.bundle.precisions:
+                self.bundle.precision_record(prec)  # BundleError: how to add it
             fresh: list[_Step] = []
             if self.placement == "graphs":
-                steps = [self._step(self.bundle.graph_path(variant))]
+                steps = [self._step(self.bundle.precision_graph_path("variants", variant.id,
+                                                                      prec))]
                 fresh = steps
             else:
                 steps = []
                 for pid in variant.pieces:
-                    if pid not in self._pieces:
-                        self._pieces[pid] = self._step(self.bundle.piece_path(pid))
-                        fresh.append(self._pieces[pid])
-                    steps.append(self._pieces[pid])
+                    pk = pid if prec == "fp32" else f"{pid}#{prec}"
+                    if pk not in self._pieces:
+                        self._pieces[pk] = self._step(
+                            self.bundle.precision_graph_path("pieces", pid, prec))
+                        fresh.append(self._pieces[pk])
+                    steps.append(self._pieces[pk])
             for step in fresh:
                 self._warm(step)
             ex = ChainExecutor(variant, steps)
-            self._executors[variant.id] = ex
+            self._executors[key] = ex
             return ex
 
     def task_variants(self, task) -> list[str]:
@@ -344,7 +356,8 @@ class OrtBackend:
         """Forget a variant; pieces no other loaded variant uses are released. Calls in flight
         keep their references and finish normally."""
         with self._lock:
-            self._executors.pop(variant.id, None)
+            for key in [k for k in self._executors if k.split("#", 1)[0] == variant.id]:
+                del self._executors[key]
             for key in [k for k in self._task_executors if k[0] == variant.id]:
                 del self._task_executors[key]
                 self._task_whole.discard(key)
