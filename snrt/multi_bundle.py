@@ -159,15 +159,21 @@ class MultiRuntime:
         if initial is not None:
             self.switch(initial, reason="initial")
 
-    def _index(self) -> dict[str, Runtime]:
+    def _owners(self, keys_of, what: str, hint: str) -> dict[str, Runtime]:
+        """{key: the runtime that holds it} over every bundle; a key in two bundles is an
+        error (`what` names the kind of key, `hint` what to do)."""
         where: dict[str, Runtime] = {}
         for rt in self.runtimes:
-            for v in rt.variants:
-                if v.id in where:
-                    raise SnrtError(f"variant id {v.id!r} is in two bundles "
-                                    f"({where[v.id].bundle.path}, {rt.bundle.path}); one "
-                                    "runtime could not tell them apart")
-                where[v.id] = rt
+            for key in keys_of(rt):
+                if key in where:
+                    raise SnrtError(f"{what} {key!r} is in two bundles "
+                                    f"({where[key].bundle.path}, {rt.bundle.path}); {hint}")
+                where[key] = rt
+        return where
+
+    def _index(self) -> dict[str, Runtime]:
+        where = self._owners(lambda rt: (v.id for v in rt.variants), "variant id",
+                             "one runtime could not tell them apart")
         first = self.runtimes[0].bundle
         for rt in self.runtimes[1:]:
             if rt.bundle.preprocess != first.preprocess or rt.bundle.labels != first.labels:
@@ -176,15 +182,8 @@ class MultiRuntime:
         return where
 
     def _task_index(self) -> dict[str, Runtime]:
-        where: dict[str, Runtime] = {}
-        for rt in self.runtimes:
-            for t in rt.tasks:
-                if t.name in where:
-                    raise SnrtError(f"task {t.name!r} is in two bundles "
-                                    f"({where[t.name].bundle.path}, {rt.bundle.path}); "
-                                    "rename one (snrt-export task --name)")
-                where[t.name] = rt
-        return where
+        return self._owners(lambda rt: (t.name for t in rt.tasks), "task",
+                            "rename one (snrt-export task --name)")
 
     def _runtime_of(self, key: str | int) -> Runtime:
         rt = self._where.get(key) if isinstance(key, str) else None

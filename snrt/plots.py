@@ -9,7 +9,8 @@ from .fileio import atomic_open
 from .lookup_table import LookupTable, pareto_front
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend; MissingExtraError naming the `plot` extra."""
     try:
         import matplotlib
 
@@ -20,11 +21,19 @@ def _pyplot():
     return plt
 
 
+def save_png(fig, path: str | os.PathLike) -> None:
+    """Lay `fig` out, write it to `path` as PNG atomically, and free it."""
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png")
+    pyplot().close(fig)
+
+
 def plot_pareto(table: LookupTable, path: str | os.PathLike, bundle: str | None = None) -> None:
     """Accuracy vs p50 latency for every (backend, precision, threads) in the table, Pareto
     front drawn as a step line, anchors marked, predicted points hollow. Without accuracies,
     latency vs GFLOPs."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
     configs = table.configs(bundle)
     has_acc = any(e.accuracy is not None for e in table.select(bundle))
@@ -59,7 +68,4 @@ def plot_pareto(table: LookupTable, path: str | os.PathLike, bundle: str | None 
                  fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
+    save_png(fig, path)

@@ -226,15 +226,7 @@ def _run(args) -> int:
         base.update(b_base)
         acc.update(b_acc)
         flops.update({v.id: v.flops for v in r.bundle.variants})
-    b = runtimes[0].bundle
-    if args.rank == "accuracy":
-        unranked = [r.bundle.path for r in runtimes
-                    if not any(v.id in acc for v in r.bundle.variants)]
-        if unranked:
-            raise SnrtError(f"{unranked[0]}: no variant has a measured top-1 accuracy (in the "
-                            "bundle or a lookup table), so the controller cannot rank them by "
-                            "accuracy; pass --rank flops to rank by FLOPs (a proxy: more FLOPs "
-                            "taken as more accurate)")
+    b = runtimes[0].bundle  # every bundle without a top-1 was refused by _bundle_table
     score = acc if args.rank == "accuracy" else flops
     best = max(base, key=lambda k: (score.get(k, -math.inf), -base[k]))
     samples = _samples(b)

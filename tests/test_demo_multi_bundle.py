@@ -20,14 +20,12 @@ for p in (ROOT, Path(__file__).resolve().parent):
         sys.path.insert(0, str(p))
 
 from test_demo_server import demo_options, get_json, post_config, wait_for
-from test_demo_server_tasks import post_task
+from test_demo_server_tasks import SAMPLES, SIMULATED, post_task
 
 import snrt
 from demos.camera.app import DemoApp, main
 from snrt.bundle import Bundle
 
-SIMULATED = {"simulate_latency": "flops", "sensors": "simulated", "clock": "simulated"}
-SAMPLES = Path(snrt.__file__).parent / "data" / "samples"
 HEADROOM = 0.8  # PolicyConfig's defaults: the budget is 80 % of the frame period,
 UP_MARGIN = 0.15  # and a step up (or a landing after a step down) keeps 15 % of it spare
 

@@ -19,7 +19,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from snrt.errors import SnrtError
-from snrt.fileio import atomic_open, atomic_write_bytes
+from snrt.fileio import atomic_write_bytes
 
 
 def _wilson(top1: float, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -100,12 +100,9 @@ def write_report(elastic: Path, default: Path, out_dir: Path) -> tuple[Path, Pat
 
 
 def _plot(subs, stitched, path: Path, ename: str, dname: str) -> None:
-    try:
-        import matplotlib
-    except ImportError:
-        raise SnrtError("the plot needs matplotlib: pip install 'snrt[plot]'") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from snrt.plots import pyplot, save_png
+
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
     st = [v for v in stitched if not v.is_anchor]
@@ -127,10 +124,7 @@ def _plot(subs, stitched, path: Path, ename: str, dname: str) -> None:
     ax.set_title(f"{ename} subnets beside {dname} stitches", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -590,12 +590,9 @@ def write_report(bundle_path: Path, report_dir: Path, command: str) -> tuple[Pat
 
 
 def _plot(b, path: Path) -> None:
-    try:
-        import matplotlib
-    except ImportError:
-        raise SnrtError("the plot needs matplotlib: pip install 'snrt[plot]'") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from snrt.plots import pyplot, save_png
+
+    plt = pyplot()
 
     vs = b.variants
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
@@ -624,11 +621,8 @@ def _plot(b, path: Path) -> None:
     ax.set_title(f"{b.name}: {len(vs)} variants (ONNX, onnxruntime)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def write_samples(data: Dataset, out_dir: Path, per_class: int = 2) -> list[Path]:
