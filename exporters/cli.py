@@ -30,6 +30,7 @@ from snrt.version import __version__
 
 from . import subnet_cli
 from .onnx_export import AnchorFeatures, batched, export_onnx
+from .onnx_graph import DEFAULT_OPS, OPS_FORMS
 from .registry import EXPORT_FORMATS
 
 log = logging.getLogger("snrt.export")
@@ -78,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--stride", type=int, default=1, help="window stride (default 1)")
     s.add_argument("--all-pairs", action="store_true",
                    help="stitch every anchor pair, not only neighbours (SN-Net nearest=False)")
+    s.add_argument("--ops", choices=sorted(OPS_FORMS), default=DEFAULT_OPS,
+                   help="operator form of the graphs (default %(default)s): "
+                        + "; ".join(f"{k}: {v}" for k, v in OPS_FORMS.items()))
     s.add_argument("--name", help="family name recorded in the bundle (default: from --out)")
     s.add_argument("--out", required=True, metavar="NAME.snrt", help="bundle directory to write")
     s.add_argument("--force", action="store_true", help="replace an existing bundle")
@@ -233,7 +237,7 @@ def _stitch(args, argv) -> int:
             f"{[(family.anchors[f].name, family.anchors[e].name) for f, e in missing]}: pass "
             "--stitch-weights CKPT (trained SN-Net) or --calibrate DIR (least-squares fit)")
     with BundleWriter(out) as writer:
-        manifest = export_onnx(family, space, writer, progress=not args.quiet)
+        manifest = export_onnx(family, space, writer, progress=not args.quiet, ops=args.ops)
         manifest.stitch_fit = fit_report
         manifest.provenance.update({
             "tool": "snrt-export stitch",
