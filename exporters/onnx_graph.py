@@ -341,7 +341,10 @@ class GraphBuilder:
         if c.global_pool == "avg":
             patches = g.op("Slice", [x, g.const([c.num_prefix_tokens], np.int64),
                                      g.const([c.seq_len], np.int64), g.const([1], np.int64)], pre)
-            pooled = g.op("ReduceMean", [patches], pre, axes=[1], keepdims=0)
+            if self.opsets[""] >= 18:  # axes became an input in opset 18
+                pooled = g.op("ReduceMean", [patches, g.const([1], np.int64)], pre, keepdims=0)
+            else:
+                pooled = g.op("ReduceMean", [patches], pre, axes=[1], keepdims=0)
         else:
             pooled = g.op("Gather", [x, g.const(0, np.int64)], pre, axis=1)
         if c.fc_norm:

@@ -45,6 +45,7 @@ from snrt.manifest import WEIGHTS
 from snrt.tuners import Task, check_task
 from snrt.variants import Piece
 
+from .onnx_export import bundle_ops
 from .onnx_graph import _ALIGN_LARGE, _ALIGN_SMALL, _LARGE, GraphBuilder, _Nodes
 
 TASK_SEP = "@"
@@ -128,11 +129,14 @@ class TaskGraphBuilder(GraphBuilder):
     """GraphBuilder whose blocks carry a task's tuners and whose heads are the task's."""
 
     def __init__(self, family: Family, bundle_tensors: dict[str, dict], task: Task,
-                 graph_dir: str = GRAPH_DIR):
+                 graph_dir: str = GRAPH_DIR, *, ops: str = "decomposed"):
         rel = posixpath.relpath(WEIGHTS, graph_dir)
         store = _SplitStore(bundle_tensors, f"{task.name}/",
                             rel, posixpath.relpath(task_weights_file(task.name), graph_dir))
-        super().__init__(family, store)  # type: ignore[arg-type]
+        # ops: the bundle's operator form (its pieces and the task's are chained in one session,
+        # which needs one set of opsets); untuned blocks use its fused ops, tuned blocks its
+        # LayerNormalization and GELU (their attention carries the tuners, spelled out)
+        super().__init__(family, store, ops=ops)  # type: ignore[arg-type]
         self.task = task
 
     # -- task tensors ------------------------------------------------------------------------
@@ -150,11 +154,6 @@ class TaskGraphBuilder(GraphBuilder):
         return super()._piece(g, p, x, pre)
 
     # -- pieces ------------------------------------------------------------------------------
-    def _gelu(self, g: _Nodes, h: str, pre: str) -> str:
-        e = g.op("Erf", [g.op("Mul", [h, g.const(1.0 / math.sqrt(2.0))], pre)], pre)
-        return g.op("Mul", [g.op("Mul", [h, g.const(0.5)], pre),
-                            g.op("Add", [e, g.const(1.0)], pre)], pre)
-
     def _extra_kv(self, anchor, i: int, t: dict[str, np.ndarray]):
         """(K, V) [L, D] appended to every head's keys and values: the prefix, then the prompt
         folded (k, v of qkv'(LN1(P)) in float64); None when the block has neither."""
@@ -323,7 +322,8 @@ def export_task_onnx(bundle: Bundle, task: Task, *, family: Family | None = None
     compute."""
     check_task(task, bundle)
     family = family if family is not None else bundle.load_family()
-    builder = TaskGraphBuilder(family, bundle.manifest.tensors, task)
+    builder = TaskGraphBuilder(family, bundle.manifest.tensors, task,
+                               ops=bundle_ops(bundle.manifest))
     space = bundle.variant_space()
     pieces: list[TaskPiece] = []
     for p, pid, model in _task_pieces(builder, family, task):
@@ -379,7 +379,8 @@ def variant_graph(bundle: Bundle, task: Task, variant: str, family: Family | Non
     (for saving beside them in graphs/ after export_task_onnx: verification, TFLite)."""
     family = family if family is not None else bundle.load_family()
     v = bundle.variant_space().get(variant)
-    builder = TaskGraphBuilder(family, bundle.manifest.tensors, task)
+    builder = TaskGraphBuilder(family, bundle.manifest.tensors, task,
+                               ops=bundle_ops(bundle.manifest))
     for _ in _task_pieces(builder, family, task):  # lay the task tensors out as exported
         pass
     return builder.graph(v.route.pieces(family.depth), f"{v.id}{TASK_SEP}{task.name}",
