@@ -179,12 +179,12 @@ def main(argv=None) -> int:
         fns = {}
         for ops in FORMS:
             s = _session(r["graphs"][ops])
-            fns[ops] = (lambda s=s: s.run(None, {"image": x}))
+            fns[ops] = (lambda s=s, x=x: s.run(None, {"image": x}))
         if args.levels:
             s = _session(r["graphs"]["standard"], ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
-            fns["standard@basic"] = (lambda s=s: s.run(None, {"image": x}))
+            fns["standard@basic"] = (lambda s=s, x=x: s.run(None, {"image": x}))
         tfl = TFLiteRunner(r["tflite"], threads=1, layout="NCHW")
-        fns["tflite"] = lambda: tfl.run(x)
+        fns["tflite"] = lambda t=tfl, x=x: t.run(x)
         ms = _time(fns, args.rounds, args.budget)
         tf_ms = ms["tflite"]
         best = min(FORMS[1:], key=lambda k: ms[k])
