@@ -6,6 +6,7 @@
     snrt-export subnets --supernet vit.safetensors --space poa|ufo|SPACE.json --out vit.snrt
     snrt-export tflite deit.snrt --precisions fp32,int8
     snrt-export info deit.snrt [--expect-digest sha256:...] [--rewrite]
+    snrt-export regraph deit.snrt --ops standard|contrib|decomposed [--out new.snrt]
     snrt-export task deit.snrt --tuners faces.safetensors [--name faces] [--labels labels.txt]
         [--out copy.snrt]
     snrt-export --list
@@ -29,7 +30,7 @@ from snrt.variants import VariantSpace
 from snrt.version import __version__
 
 from . import subnet_cli
-from .onnx_export import AnchorFeatures, batched, export_onnx
+from .onnx_export import AnchorFeatures, batched, export_onnx, regraph_bundle
 from .onnx_graph import DEFAULT_OPS, OPS_FORMS
 from .registry import EXPORT_FORMATS
 
@@ -131,6 +132,18 @@ def _parser() -> argparse.ArgumentParser:
                         "variants (the runtime's 'graphs' placement runs them: faster for tiny "
                         "models; default none: the runtime chains the pieces)")
 
+    r = sub.add_parser(
+        "regraph", help="re-export a bundle's graphs in another operator form (--ops)",
+        description="Rebuild every graph of an SN-Net bundle from its own weights.bin in the "
+                    "operator form --ops; weights.bin stays byte-identical (checked), and the "
+                    "family, accuracies and provenance are kept (the step is appended to "
+                    "provenance.regraphs). For bundles of ONNX graphs only (no TFLite files "
+                    "or tasks).")
+    r.add_argument("bundle")
+    r.add_argument("--ops", choices=sorted(OPS_FORMS), default=DEFAULT_OPS,
+                   help="operator form (default %(default)s)")
+    r.add_argument("--out", metavar="NEW.snrt", help="write here (default: replace BUNDLE)")
+
     i = sub.add_parser("info", help="describe a bundle and verify its files",
                        description="Print a bundle's family, variants, files and manifest "
                                    "digest; verify the manifest and every file's sha256. Exits "
@@ -161,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
             return _stitch(args, argv)
         if args.command == "subnets":
             return subnet_cli.run(args, argv)
+        if args.command == "regraph":
+            m = regraph_bundle(args.bundle, args.out or args.bundle, ops=args.ops)
+            log.info("regraphed %s (%s ops): %d variants, %d pieces", args.out or args.bundle,
+                     args.ops, len(m.variants), len(m.pieces))
+            return 0
         if args.command == "info":
             return _info(args)
         if args.command == "tflite":
