@@ -5,6 +5,7 @@
     snrt-export stitch --snnet snnet_deit.safetensors --out deit.snrt
     snrt-export subnets --supernet vit.safetensors --space poa|ufo|SPACE.json --out vit.snrt
     snrt-export tflite deit.snrt --precisions fp32,int8
+    snrt-export tflite tasks.snrt --task faces --variants s --precisions fp32,int8
     snrt-export info deit.snrt [--expect-digest sha256:...] [--rewrite]
     snrt-export regraph deit.snrt --ops standard|contrib|decomposed [--out new.snrt]
     snrt-export task deit.snrt --tuners faces.safetensors [--name faces] [--labels labels.txt]
@@ -105,6 +106,11 @@ def _parser() -> argparse.ArgumentParser:
                         "not (e.g. --variants w192d5,w256d8 or a UFO arch string; a member "
                         "not listed yet becomes listed); without --variants its listed "
                         "subnets, refused when more than 20")
+    t.add_argument("--task", metavar="NAME",
+                   help="export the variants with this task of the bundle (its tuners and "
+                        "head; snrt-export task added it): tflite/<prec>/t_<task>.v*.tflite, "
+                        "verified against the task's ONNX pieces; --variants defaults to the "
+                        "task's own (refused when more than 20)")
     t.add_argument("--images", metavar="DIR", help="verify on these images (default: seeded "
                                                    "random inputs)")
     t.add_argument("--n-inputs", type=int, default=8, help="verification inputs (default 8)")
@@ -297,7 +303,8 @@ def _tflite(args) -> int:
 
     report = export_tflite(args.bundle, [p.strip() for p in args.precisions.split(",")],
                            variants=_split_ids(args.variants), images=args.images,
-                           n_inputs=args.n_inputs, force=args.force, progress=not args.quiet)
+                           n_inputs=args.n_inputs, force=args.force, progress=not args.quiet,
+                           task=args.task)
     print(report.table())
     return 0 if report.ok else 1
 

@@ -311,7 +311,7 @@ def export_tflite(bundle_path: str | os.PathLike, precisions: Sequence[str] = ("
                   images: str | os.PathLike | Iterable[str | os.PathLike] | None = None, *,
                   n_inputs: int = DEFAULT_N_INPUTS, seed: int = 0,
                   tolerances: dict[str, Tolerance] | None = None, force: bool = False,
-                  progress: bool = True) -> TFLiteExportReport:
+                  progress: bool = True, task: str | None = None) -> TFLiteExportReport:
     """Export `variants` (ids or cfg_ids; default all) of a bundle as TFLite files. On a
     subnets bundle `variants` may name any member of the space (unlisted ones become listed);
     default: the listed subnets, SnrtError naming --variants when more than 20.
@@ -321,6 +321,9 @@ def export_tflite(bundle_path: str | os.PathLike, precisions: Sequence[str] = ("
         the bundle's preprocessing; None: `n_inputs` seeded standard-normal inputs.
     tolerances: per-precision overrides of DEFAULT_TOLERANCES.
     force: re-export files even when already recorded with matching settings and hash.
+    task: the name of one of the bundle's tasks: export `variants` (default: the task's own,
+        refused when more than 20) with the task's tuners and head instead
+        (exporters/task_tflite.py).
     Returns a report; files that fail verification are refused (not written, not recorded),
     and a stale record of the same variant/precision is removed. Raises MissingExtraError
     without tensorflow/ai-edge-litert, UnknownVariantError/InputError/SnrtError for bad
@@ -340,7 +343,12 @@ def export_tflite(bundle_path: str | os.PathLike, precisions: Sequence[str] = ("
         tols[p] = t
     bundle = _open_for_export(Path(bundle_path))
     subnets = bundle.open_membership  # elastic subnets: any member of the space, listed or not
-    if subnets:
+    if task is not None:
+        from .task_tflite import choose_task_variants
+
+        chosen = choose_task_variants(bundle, bundle.task(task), variants)  # checked first
+        subnets = False
+    elif subnets:
         from .subnet_tflite import choose_subnets, list_members
 
         ids = choose_subnets(bundle, variants)
@@ -350,6 +358,14 @@ def export_tflite(bundle_path: str | os.PathLike, precisions: Sequence[str] = ("
     x, inputs = _verification_inputs(bundle, images, n_inputs, seed)
     tf_version = _tensorflow_version()  # MissingExtraError before any work if absent
     engine = load_engine()  # likewise without LiteRT
+    if task is not None:
+        from .task_tflite import export_task_tflite
+
+        settings = _settings(tf_version, f"{engine.name} {engine.version}", tols, inputs)
+        report = TFLiteExportReport(bundle.path, inputs)
+        export_task_tflite(bundle, task, precisions, [v.id for v in chosen], x, inputs,
+                           settings, tols, report, force=force, progress=progress)
+        return _finish(report, t_start)
     if subnets:  # members not listed yet become listed: the manifest records files per variant
         if added := list_members(bundle, ids):
             log.info("listed %d more subnets for their TFLite files: %s", len(added), added)
@@ -398,10 +414,14 @@ def export_tflite(bundle_path: str | os.PathLike, precisions: Sequence[str] = ("
                         space.get(v.id).route.pieces(space.depth), saved)
                 gc.collect()  # the variables are in the SavedModel now; free the TF copies
                 for prec, rel in todo:
-                    res = _export_one(tf, bundle.path, v, prec, rel, saved, x, ref, tols[prec],
-                                      settings, inputs)
+                    res = _export_one(tf, bundle.path, Slot(v.id), prec, rel, saved, x, ref,
+                                      tols[prec], settings, inputs)
                     report.results.append(res)
                     bar.update(note=f"{v.id} {prec} {res.status}")
+    return _finish(report, t_start)
+
+
+def _finish(report: TFLiteExportReport, t_start: float) -> TFLiteExportReport:
     report.seconds = time.monotonic() - t_start
     for r in report.refused + report.failed:
         log.warning("TFLite %s %s %s: %s", r.variant, r.precision, r.status, r.reason)
@@ -411,22 +431,58 @@ def export_tflite(bundle_path: str | os.PathLike, precisions: Sequence[str] = ("
     return report
 
 
-def _export_one(tf, bundle_path: Path, v: VariantInfo, prec: str, rel: str, saved: Path,
+@dataclass(frozen=True)
+class Slot:
+    """Where a TFLite file's record lives in the manifest: a variant's
+    `exports["tflite"]`, or (with `task`) the task record's `exports[variant]["tflite"]`."""
+
+    variant: str
+    task: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.variant if self.task is None else f"{self.variant}@{self.task}"
+
+    def _owner(self, m: Manifest, create: bool) -> dict:
+        if self.task is None:
+            return next(v for v in m.variants if v.id == self.variant).exports
+        t = next(t for t in m.tasks if t.name == self.task).exports
+        return t.setdefault(self.variant, {}) if create else t.get(self.variant, {})
+
+    def records(self, m: Manifest, *, create: bool = False) -> dict:
+        """precision -> record (a new empty table with create, else possibly a throwaway)."""
+        owner = self._owner(m, create)
+        return owner.setdefault("tflite", {}) if create else owner.get("tflite", {})
+
+    def prune(self, m: Manifest) -> None:
+        """Drop the empty tables a removed record leaves."""
+        owner = self._owner(m, False)
+        if "tflite" in owner and not owner["tflite"]:
+            del owner["tflite"]
+        if self.task is not None and not owner:
+            next(t for t in m.tasks if t.name == self.task).exports.pop(self.variant, None)
+
+
+def _export_one(tf, bundle_path: Path, slot: Slot, prec: str, rel: str, saved: Path,
                 x: np.ndarray, ref: np.ndarray, tol: Tolerance, settings: dict,
                 inputs: dict) -> TFLiteFileResult:
+    """Convert the SavedModel at `saved` to `prec`, verify it against `ref` and record it in
+    `slot` (or refuse it, dropping a stale record)."""
+    label = slot.label
+    final = bundle_path / rel
+    final.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     try:
         data = _convert(tf, saved, prec)
     except Exception as e:  # the converter raises many types (ConverterError, MLIR errors)
-        log.debug("conversion of %s %s failed", v.id, prec, exc_info=True)
-        return TFLiteFileResult(v.id, prec, "failed", reason=f"converter: {type(e).__name__}: "
+        log.debug("conversion of %s %s failed", label, prec, exc_info=True)
+        return TFLiteFileResult(label, prec, "failed", reason=f"converter: {type(e).__name__}: "
                                 f"{str(e).strip().splitlines()[0][:200] if str(e) else ''}")
     convert_s = time.monotonic() - t0
     info = read_tflite_info(data)
     if not info.builtin_only:
-        return TFLiteFileResult(v.id, prec, "refused", bytes=len(data), convert_s=convert_s,
+        return TFLiteFileResult(label, prec, "refused", bytes=len(data), convert_s=convert_s,
                                 reason=f"non-builtin ops {info.custom_ops}")
-    final = bundle_path / rel
     tmp = final.with_name(f".{final.name}.{os.getpid()}.verify")
     try:
         atomic_write_bytes(tmp, data)
@@ -434,23 +490,23 @@ def _export_one(tf, bundle_path: Path, v: VariantInfo, prec: str, rel: str, save
             with TFLiteRunner(tmp, threads=1, layout=LAYOUT) as runner:
                 out = runner.run(x)
         except (ModelFileError, SnrtError) as e:
-            return TFLiteFileResult(v.id, prec, "failed", bytes=len(data), convert_s=convert_s,
+            return TFLiteFileResult(label, prec, "failed", bytes=len(data), convert_s=convert_s,
                                     reason=f"runtime: {e}")
         diff = float(np.abs(out - ref).max()) if np.isfinite(out).all() else math.inf
         top1 = float((out.argmax(1) == ref.argmax(1)).mean())
         allowed = tol.allowed(float(np.abs(ref).max()))
-        res = TFLiteFileResult(v.id, prec, "exported", rel, len(data), diff, allowed, top1,
+        res = TFLiteFileResult(label, prec, "exported", rel, len(data), diff, allowed, top1,
                                convert_s)
         if not diff <= allowed:
             res.status, res.file = "refused", None
             res.reason = (f"max|Δlogit| {diff:.3g} > allowed {allowed:.3g} (atol {tol.atol:g} + "
                           f"rtol {tol.rtol:g} x max|ref| {np.abs(ref).max():.3g})")
-            if _drop_record(bundle_path, v.id, prec, rel):
-                (bundle_path / rel).unlink(missing_ok=True)
+            if _drop_record(bundle_path, slot, prec, rel):
+                final.unlink(missing_ok=True)
                 log.warning("removed the earlier TFLite %s file of %s: it fails verification "
-                            "now", prec, v.id)
+                            "now", prec, label)
             return res
-        _drop_record(bundle_path, v.id, prec, rel)  # the old file goes; keep manifest honest
+        _drop_record(bundle_path, slot, prec, rel)  # the old file goes; keep manifest honest
         os.replace(tmp, final)
         os.chmod(final, 0o644)  # the temporary file was private (mkstemp); bundles are shared
     finally:
@@ -462,14 +518,13 @@ def _export_one(tf, bundle_path: Path, v: VariantInfo, prec: str, rel: str, save
               "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
     def mutate(manifest: Manifest, path: Path) -> None:
-        target = next(m for m in manifest.variants if m.id == v.id)
-        target.exports.setdefault("tflite", {})[prec] = record
+        slot.records(manifest, create=True)[prec] = record
         record_file(manifest, path, rel)
         _set_settings(manifest, settings)
 
     update_manifest(bundle_path, mutate)
     log.info("%s %s: %.2f MB, max|Δ| %.2e (allowed %.2e), top-1 %.2f, converted in %.1fs",
-             v.id, prec, len(data) / 1e6, diff, allowed, top1, convert_s)
+             label, prec, len(data) / 1e6, diff, allowed, top1, convert_s)
     return res
 
 
@@ -482,6 +537,8 @@ def _set_settings(manifest: Manifest, settings: dict) -> None:
         earlier[old["settings_id"]] = {k: v for k, v in old.items() if k != "earlier_settings"}
     used = {r.get("settings_id") for v in manifest.variants
             for r in v.exports.get("tflite", {}).values()}
+    used |= {r.get("settings_id") for t in manifest.tasks for e in t.exports.values()
+             for r in e.get("tflite", {}).values()}
     earlier = {k: v for k, v in earlier.items() if k in used and k != settings["settings_id"]}
     manifest.exports["tflite"] = {**settings, **({"earlier_settings": earlier} if earlier else {})}
 
@@ -503,23 +560,29 @@ def _open_for_export(path: Path) -> Bundle:
             if not info or not p.is_file() or p.stat().st_size != info["bytes"]:
                 log.warning("%s: TFLite %s file of %s is missing or damaged; dropping its "
                             "record", p, prec, v.id)
-                _drop_record(bundle.path, v.id, prec, rec["file"])
+                _drop_record(bundle.path, Slot(v.id), prec, rec["file"])
+    for t in bundle.manifest.tasks:
+        for vid, e in t.exports.items():
+            for prec, rec in list(e.get("tflite", {}).items()):
+                p, info = bundle.path / rec["file"], bundle.manifest.files.get(rec["file"])
+                if not info or not p.is_file() or p.stat().st_size != info["bytes"]:
+                    log.warning("%s: TFLite %s file of %s@%s is missing or damaged; dropping "
+                                "its record", p, prec, vid, t.name)
+                    _drop_record(bundle.path, Slot(vid, t.name), prec, rec["file"])
     return Bundle.open(path, verify="size")
 
 
-def _drop_record(bundle_path: Path, variant_id: str, prec: str, rel: str) -> bool:
-    """Remove the manifest record of a variant/precision (and `rel` from the file table),
+def _drop_record(bundle_path: Path, slot: Slot, prec: str, rel: str) -> bool:
+    """Remove the manifest record of a slot/precision (and `rel` from the file table),
     without checking the listed files first: this is for bundles where one is damaged."""
     dropped = {}
 
     def mutate(m: Manifest, _path: Path) -> None:
-        target = next(v for v in m.variants if v.id == variant_id)
-        old = target.exports.get("tflite", {}).pop(prec, None)
+        old = slot.records(m).pop(prec, None)
         dropped["old"] = old
         for f in {rel, (old or {}).get("file")} - {None}:
             m.files.pop(f, None)
-        if "tflite" in target.exports and not target.exports["tflite"]:
-            del target.exports["tflite"]
+        slot.prune(m)
 
     update_manifest(bundle_path, mutate, verify=False)
     return dropped.get("old") is not None

@@ -40,6 +40,14 @@ warning when no variant has an accuracy; snrt-run needs `--rank flops` for that.
 subnets are variants alike: `Controller.from_table` builds ONE front over every bundle a
 (merged, `snrt-lut merge`) lookup table holds.
 
+Tasks (snrt.tuners): a task's tuners and head cost time, and its accuracy per variant is its
+own. The controller holds one front per head: the backbone's own and one per task
+(`TaskFront`: latency per variant from the lookup table's entries for that task, `snrt-profile
+--tasks`; accuracy per variant from the task's manifest record, `TaskInfo.accuracy`, else
+FLOPs). When the app switches task (`rt.switch(task=...)`), the next frame's decision uses
+that task's front (`task_candidates`, pure like `decide`); the contention learnt so far is
+kept (it is the machine's, not the task's), the miss window and "home" start afresh.
+
 `decide()` is a pure function of (state, estimates, current, time): easy to test and tune.
 """
 
@@ -51,9 +59,11 @@ import math
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from .controller_tasks import TaskFront, front_from_bundle, task_candidates
 from .errors import SnrtError
 from .lookup_table import LookupTable, LookupTableError, bundle_key, pareto_front
 from .monitor import Monitor, PowerState, SystemMonitor
@@ -307,7 +317,11 @@ class Controller:
                  accuracy: dict[str, float] | None = None, *,
                  config: PolicyConfig = PolicyConfig(), clock=time.monotonic,
                  decide_every_s: float = 0.0, history: int = 2048, rank: str = "accuracy",
-                 flops: dict[str, float] | None = None):
+                 flops: dict[str, float] | None = None,
+                 tasks: Mapping[str, TaskFront] | None = None):
+        """base_ms/accuracy: the backbone's own head, per variant. tasks: {name: TaskFront}
+        of the runtime's tasks (see the module docstring); a task without one gets the
+        backbone's latencies for the variants it runs on, once the runtime switches to it."""
         if not base_ms:
             raise SnrtError("the controller needs latency figures for at least one variant")
         if rank not in RANKS:
@@ -319,6 +333,12 @@ class Controller:
         self.clock = clock
         self.base_ms = dict(base_ms)
         self.accuracy = dict(accuracy or {})
+        self.task: str | None = None  # whose front base_ms/accuracy/candidates are
+        self._rank0 = rank
+        self._task_error: str | None = None  # the task whose front failed (logged once)
+        self._fronts: dict[str | None, TaskFront] = {
+            None: TaskFront(self.base_ms, self.accuracy or None, "backbone"),
+            **dict(tasks or {})}
         self.contention = ContentionEstimate()
         self.decide_every_s = decide_every_s
         self.events: collections.deque[ControllerEvent] = collections.deque(maxlen=history)
@@ -380,8 +400,16 @@ class Controller:
                             "FLOPs (rank='flops', a proxy)", rt.bundle.name)
         log.info("controller: latencies from %s, %d candidates, ranked by %s", source,
                  len(base), rank)
+        tasks = {}
+        for t in getattr(rt, "tasks", []):  # each task's entries, else the backbone's figures
+            tes = (tbl.select(key, backend or rt.backend_name, precision, rt.threads,
+                              task=t.name) if tbl is not None else [])
+            got = {e.variant: e.p50_ms for e in tes if e.variant in ids}
+            tasks[t.name] = front_from_bundle(
+                t, got or base, f"lookup table {tbl.device.id}" if got else
+                f"{source}, the backbone's (no entries for task {t.name})")
         ctl = cls(monitor or SystemMonitor(), base, acc or None, config=config or PolicyConfig(),
-                  rank=rank, flops={k: v.flops for k, v in infos.items()})
+                  rank=rank, flops={k: v.flops for k, v in infos.items()}, tasks=tasks)
         ctl.source = source
         return ctl
 
@@ -393,9 +421,12 @@ class Controller:
         bundle (or of `bundles`, keys "name@sha"): stitches of one bundle and subnets of
         another are candidates alike, on one Pareto front. Accuracies and FLOPs come from the
         entries. A variant id in two bundles is an error (the runtime could not tell them
-        apart)."""
-        es = [e for e in table.select(None, backend, precision, threads)
-              if bundles is None or e.bundle in bundles]
+        apart). Entries with a task (snrt-profile --tasks) make that task's front."""
+        from .lookup_table import ALL_TASKS
+
+        every = [e for e in table.select(None, backend, precision, threads, task=ALL_TASKS)
+                 if bundles is None or e.bundle in bundles]
+        es = [e for e in every if e.task is None]
         if not es:
             raise SnrtError(f"lookup table {table.device.id} has no entries at {backend}/"
                             f"{precision}/threads={threads}"
@@ -405,11 +436,26 @@ class Controller:
             if seen.setdefault(e.variant, e.bundle) != e.bundle:
                 raise SnrtError(f"variant id {e.variant!r} is in two bundles of the table "
                                 f"({seen[e.variant]}, {e.bundle}); pass bundles=[...] to pick")
+        tasks: dict[str, TaskFront] = {}
+        for name in sorted({e.task for e in every if e.task is not None}):
+            tes = [e for e in every if e.task == name]
+            tasks[name] = TaskFront({e.variant: e.p50_ms for e in tes},
+                                    {e.variant: e.accuracy for e in tes
+                                     if e.accuracy is not None} or None,
+                                    f"lookup table {table.device.id}")
         return cls(monitor, {e.variant: e.p50_ms for e in es},
                    {e.variant: e.accuracy for e in es if e.accuracy is not None} or None,
-                   rank=rank, flops={e.variant: e.flops for e in es}, **kw)
+                   rank=rank, flops={e.variant: e.flops for e in every}, tasks=tasks, **kw)
 
     def _candidates(self) -> list[Candidate]:
+        if self.task is not None:  # a task's front: FLOPs where it has no accuracies
+            cands, self.rank = task_candidates(
+                TaskFront(self.base_ms, self.accuracy or None), self.flops, rank=self._rank0,
+                pareto_only=self.config.pareto_only)
+            if not cands:
+                raise SnrtError(f"task '{self.task}': no variant has a latency and an accuracy")
+            return cands
+        self.rank = self._rank0
         ids = list(self.base_ms)
         if self.rank == "flops":
             missing = [i for i in ids if not self.flops.get(i)]
@@ -467,20 +513,67 @@ class Controller:
     def pinned(self) -> str | None:
         return self._pinned
 
+    # -- tasks -------------------------------------------------------------------------------
+    @property
+    def task_fronts(self) -> dict[str | None, TaskFront]:
+        """{None: the backbone's own head, task name: its front}."""
+        return dict(self._fronts)
+
+    def use_task(self, task: str | None, rt=None) -> None:
+        """Make `task`'s front the one decisions use (the controller does this itself when
+        the runtime's active task changes). A task without a front gets the backbone's
+        latencies on the variants it runs on (from `rt`) and its recorded accuracies."""
+        if task == self.task:
+            return
+        front = self._fronts.get(task)
+        if front is None:
+            if rt is None:
+                raise SnrtError(f"the controller has no front for task {task!r}; known: "
+                                f"{[k for k in self._fronts if k is not None]}")
+            front = front_from_bundle(rt.bundle.task(task), self._fronts[None].base_ms,
+                                      "backbone latencies (no entries for this task)")
+            self._fronts[task] = front
+        prev = (self.task, self.base_ms, self.accuracy, self.rank)
+        self.task, self.base_ms = task, dict(front.base_ms)
+        self.accuracy = dict(front.accuracy or {})
+        try:
+            self.candidates = self._candidates()
+        except SnrtError:
+            self.task, self.base_ms, self.accuracy, self.rank = prev
+            raise
+        self._home = None
+        self._miss_hist.clear()
+        self._last_decide = -1e9  # decide on the next frame
+        log.info("controller: task %s, %d candidates ranked by %s (%s)", task or "(backbone)",
+                 len(self.candidates), self.rank, front.source or "given")
+
     def observe(self, rt, rec) -> Decision | None:
         """Called by the runtime after every frame: learn, then maybe switch."""
-        base = self.base_ms.get(rec.variant)
+        rec_task = getattr(rec, "task", None)
+        front = self._fronts.get(rec_task)  # per-call task= frames: their own front
+        base = (self.base_ms if rec_task == self.task else
+                front.base_ms if front is not None else {}).get(rec.variant)
         if base is not None and rec.batch == 1:
             self.contention.update(rec.latency_ms, base)
         now = self.clock()
         self._count_miss(rec, now)
         if self._pinned is not None:
             return None
-        if now - self._last_decide < self.decide_every_s:
+        active_task = getattr(rt, "current_task", None)
+        if now - self._last_decide < self.decide_every_s and active_task == self.task:
             return None
         if not self._lock.acquire(blocking=False):  # another thread is deciding
             return None
         try:
+            if active_task != self.task:
+                try:
+                    self.use_task(active_task, rt)
+                except SnrtError as e:  # never break the frame: hold the variant instead
+                    if self._task_error != active_task:
+                        log.warning("controller: cannot decide for task %s (%s); holding "
+                                    "the variant", active_task, e)
+                        self._task_error = active_task
+                    return None
             self._last_decide = now
             state = self.monitor.read()
             home, home_budget = self._home or (None, float("inf"))
@@ -570,6 +663,7 @@ class Controller:
                 "misses": _miss_json(self.miss_stats()), "deadline_misses": self.deadline_misses,
                 "dwell_s": self.dwell_s, "home": self._home[0] if self._home else None,
                 "current": rt.current.id if rt else None, "rank": self.rank,
+                "task": self.task, "tasks": [k for k in self._fronts if k is not None],
                 "candidates": [asdict(c) for c in self.candidates],
                 "config": asdict(self.config)}
 
@@ -610,4 +704,5 @@ def _find_table(table) -> LookupTable | None:
 
 
 __all__ = ["RANKS", "Budget", "Candidate", "ContentionEstimate", "Controller", "Decision",
-           "MissStats", "PolicyConfig", "decide", "frame_budget"]
+           "MissStats", "PolicyConfig", "TaskFront", "decide", "frame_budget",
+           "front_from_bundle", "task_candidates"]

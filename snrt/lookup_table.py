@@ -2,15 +2,17 @@
 
 File: `<device-id>.json` in a table directory (runs write to `lookup_tables/` in the per-user
 data directory, snrt.paths; the repository's `lookup_tables/` holds the shipped, read-only
-ones), schema `snrt.lookup_table` version 2 (version 1 files, without `quiet_ms`, are still
-read):
+ones), schema `snrt.lookup_table` version 2, or 3 when some entry has a `task` (version 1
+files, without `quiet_ms`, are still read):
 
     {"schema": "snrt.lookup_table", "schema_version": 2,
      "device": DeviceInfo,                        # snrt.device
      "bundles": {"<bundle key>": {"name", "weights_sha256", "variants", "path"}},
      "entries": [Entry, ...]}
 
-An Entry is one variant on one backend/precision/thread count. Measured entries hold the
+An Entry is one variant on one backend/precision/thread count, with the backbone's own head
+(`task` absent) or with one of the bundle's tasks (`task`: its name; the variant's chain with
+the task's tuners and head, `snrt-profile --tasks`; version 3). Measured entries hold the
 statistics `snrt-profile` collects (TFLite benchmark_model / onnxruntime_perf_test style:
 warm-up, then timed runs: count, mean, std, min, p50, p90, p99, max, first run, load time, peak
 RSS) and the conditions during measurement, plus `quiet_ms` (version 2): the variant's latency
@@ -33,8 +35,10 @@ from .errors import SnrtError
 from .fileio import atomic_write_json
 
 SCHEMA = "snrt.lookup_table"
-SCHEMA_VERSION = 2
-READS_VERSIONS = (1, 2)  # version 1: the same without quiet_ms
+SCHEMA_VERSION = 2  # written when no entry has a task
+TASKS_VERSION = 3  # written when some entry has a task (older snrt refuses the field)
+READS_VERSIONS = (1, 2, 3)  # version 1: the same without quiet_ms
+ALL_TASKS = object()  # select(task=ALL_TASKS): entries of every task and of the backbone
 
 
 class LookupTableError(SnrtError, ValueError):
@@ -72,10 +76,12 @@ class Entry:
     conditions: dict = field(default_factory=dict)  # cpu load, freq, temperature, battery...
     timestamp: str | None = None
     error: str | None = None  # set when the variant could not be measured
+    task: str | None = None  # None: the backbone's own head; else the task whose tuners ran
 
     @property
     def key(self) -> tuple:
-        return (self.bundle, self.variant, self.backend, self.precision, self.threads)
+        return (self.bundle, self.variant, self.backend, self.precision, self.threads,
+                self.task)
 
     def to_json(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None or k == "accuracy"}
@@ -103,13 +109,16 @@ class Entry:
         for name in ("bundle", "variant", "backend", "precision"):
             if not isinstance(getattr(e, name), str):
                 raise LookupTableError(f"{name} must be a string")
+        if e.task is not None and (not isinstance(e.task, str) or not e.task):
+            raise LookupTableError(f"task must be a task name or absent, got {e.task!r}")
         return e
 
 
 def _entry_name(i: int, d) -> str:
     if isinstance(d, dict):
-        return (f"entry {i} ({d.get('variant')!s} {d.get('backend')!s}/{d.get('precision')!s}/"
-                f"threads={d.get('threads')!r})")
+        task = f" task={d['task']!s}" if d.get("task") is not None else ""
+        return (f"entry {i} ({d.get('variant')!s}{task} {d.get('backend')!s}/"
+                f"{d.get('precision')!s}/threads={d.get('threads')!r})")
     return f"entry {i}"
 
 
@@ -185,7 +194,8 @@ class LookupTable:
         return entries, bad
 
     def to_json(self) -> dict:
-        return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+        tasks = any(e.task is not None for e in self.entries)
+        return {"schema": SCHEMA, "schema_version": TASKS_VERSION if tasks else SCHEMA_VERSION,
                 "device": self.device.to_json(), "bundles": self.bundles,
                 "entries": [e.to_json() for e in self.entries]}
 
@@ -209,7 +219,7 @@ class LookupTable:
     # -- entries -----------------------------------------------------------------------------
     def put(self, entry: Entry) -> None:
         """Add or replace the entry with the same key (bundle, variant, backend, precision,
-        threads); a prediction never replaces a measurement."""
+        threads, task); a prediction never replaces a measurement."""
         for i, e in enumerate(self.entries):
             if e.key == entry.key:
                 if entry.predicted and not e.predicted and e.error is None:
@@ -219,21 +229,31 @@ class LookupTable:
         self.entries.append(entry)
 
     def get(self, bundle: str, variant: str, backend: str = "onnxruntime",
-            precision: str = "fp32", threads: int = 1) -> Entry | None:
+            precision: str = "fp32", threads: int = 1, task: str | None = None
+            ) -> Entry | None:
         for e in self.entries:
-            if e.key == (bundle, variant, backend, precision, threads):
+            if e.key == (bundle, variant, backend, precision, threads, task):
                 return e
         return None
 
     def select(self, bundle: str | None = None, backend: str | None = None,
                precision: str | None = None, threads: int | None = None,
-               measured_only: bool = False) -> list[Entry]:
+               measured_only: bool = False, task=None) -> list[Entry]:
+        """Entries without errors matching the filters (None: any). `task`: None (the
+        default) the backbone's own head only, a name that task's only, ALL_TASKS every
+        entry."""
         return [e for e in self.entries
                 if (bundle is None or e.bundle == bundle)
                 and (backend is None or e.backend == backend)
                 and (precision is None or e.precision == precision)
                 and (threads is None or e.threads == threads)
+                and (task is ALL_TASKS or e.task == task)
                 and e.error is None and not (measured_only and e.predicted)]
+
+    def tasks(self, bundle: str | None = None) -> list[str]:
+        """The task names some entry (of `bundle`) holds, sorted."""
+        return sorted({e.task for e in self.select(bundle, task=ALL_TASKS)
+                       if e.task is not None})
 
     def configs(self, bundle: str | None = None) -> list[tuple[str, str, int]]:
         """(backend, precision, threads) combinations present, sorted."""

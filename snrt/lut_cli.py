@@ -53,10 +53,22 @@ def show(tables: list[LookupTable], bundle=None, backend=None, threads=None) -> 
                     f"{e.flops / 1e9:7.3f} "
                     f"{(f'{e.accuracy:.2f}' if e.accuracy is not None else '-'):>6s} {p50} "
                     f"{_f(e.p90_ms):>8s} {_f(e.p99_ms):>8s} {e.count:5d}")
+            for name in t.tasks(bundle):  # snrt-profile --tasks: (variant, task) entries
+                tes = sorted(t.select(bundle, b, p, th, task=name), key=lambda e: e.p50_ms)
+                if not tes:
+                    continue
+                lines.append(f"  task {name}: {len(tes)} variants")
+                for e in tes:
+                    plain = t.get(e.bundle, e.variant, b, p, th)
+                    ratio = (f"{e.p50_ms / plain.p50_ms:.2f}x the backbone head's"
+                             if plain is not None and plain.p50_ms else "")
+                    acc = f"{e.accuracy:.2f}" if e.accuracy is not None else "-"
+                    lines.append(f"    {e.variant:16s} top1 {acc:>6s} p50 {e.p50_ms:9.2f} ms "
+                                 f"{ratio}")
         return "\n".join(lines)
     keys = sorted({(e.bundle, e.variant, e.backend, e.precision, e.threads, e.cfg_id)
                    for t in tables for e in t.select(bundle, backend, threads=threads)},
-                  key=lambda k: (k[0], k[2], k[3], k[4], k[5]))
+                  key=lambda k: (k[0], k[2], k[3], k[4], k[5]))  # the backbone's head
     lines.append(f"{'variant':16s} {'config':22s} " + " ".join(f"{t.device.id[:24]:>24s}"
                                                                for t in tables))
     for bk, v, b, p, th, _ in keys:

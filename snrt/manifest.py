@@ -150,6 +150,9 @@ class TaskInfo:
     accuracy: dict = field(default_factory=dict)  # variant id -> {"top1", "n", ...}
     provenance: dict = field(default_factory=dict)
     graphs: dict = field(default_factory=dict)  # variant id -> whole graph (optional)
+    # variant id -> {"tflite": {precision: record}}: the variant with this task as a TFLite
+    # file (snrt-export tflite --task; optional, absent in bundles that have none)
+    exports: dict = field(default_factory=dict)
 
     def chain(self, pieces: list[str], anchors: list[str]) -> list[str]:
         """The piece ids a variant (its frozen chain, its anchors) runs with this task."""
@@ -205,7 +208,9 @@ class Manifest:
             "tensors": self.tensors, "exports": self.exports, "files": self.files,
         }
         if self.tasks:
-            d["tasks"] = [vars(t) for t in self.tasks]
+            # a task's `exports` only when it has some (older bundles' manifests stay as read)
+            d["tasks"] = [{k: x for k, x in vars(t).items() if k != "exports" or x}
+                          for t in self.tasks]
         d = json.loads(json.dumps(d, allow_nan=False))  # plain JSON values (tuples -> lists)
         d["digest"] = manifest_digest(d)
         return d

@@ -17,7 +17,7 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 def validate_tasks(v, tasks: Any, files: dict, space, graphs: dict[str, str]) -> None:
     """`v` is snrt.manifest_rules._Checker; `graphs` maps each piece/variant graph to its
     owner (a task graph must be its own file)."""
-    from .manifest_rules import _accuracy, _field_names
+    from .manifest_rules import _accuracy, _exports, _field_names
 
     derived = space.piece_records()
     variants = {w.id: w for w in space}
@@ -26,7 +26,8 @@ def validate_tasks(v, tasks: Any, files: dict, space, graphs: dict[str, str]) ->
     piece_fields = _field_names(PieceInfo) + ("base",)
     for i, t in enumerate(v.array(tasks, "tasks")):
         fld = f"tasks[{i}]"
-        v.record(t, fld, _field_names(TaskInfo))
+        v.record(t, fld, tuple(f for f in _field_names(TaskInfo)
+                               if f != "exports" or (isinstance(t, dict) and "exports" in t)))
         name = v.string(t["name"], fld + ".name", pattern=TASK_NAME)
         if name in seen:
             v.fail(fld + ".name", f"'{name}' is also tasks[{seen[name]}]")
@@ -91,3 +92,7 @@ def validate_tasks(v, tasks: Any, files: dict, space, graphs: dict[str, str]) ->
             if rel in graphs:
                 v.fail(gf, f"'{rel}' is also the graph of {graphs[rel]}")
             graphs[rel] = gf
+        for vid, ex in v.obj(t.get("exports", {}), fld + ".exports").items():
+            if vid not in t["variants"]:
+                v.fail(f"{fld}.exports.{vid}", f"'{vid}' is not in {fld}.variants")
+            _exports(v, ex, f"{fld}.exports.{vid}", files)

@@ -1,7 +1,8 @@
 """snrt-profile: measure a bundle's variants on this device into a lookup table.
 
     snrt-profile BUNDLE [--backend onnxruntime,tflite] [--threads 1,2] [--precision fp32]
-                 [--variants ID ... | --sample 20%] [--runs 20 --warmup 3 --min-seconds 1]
+                 [--variants ID ... | --sample 20%] [--tasks NAME,...|all]
+                 [--runs 20 --warmup 3 --min-seconds 1]
                  [--rounds K] [--out lookup_tables/] [--predict] [--plot pareto.png]
 
 Two protocols, per backend x precision x threads:
@@ -36,6 +37,12 @@ the variants made ready before it (shared pieces are not loaded
 twice), `first_run_ms` its first inference; peak RSS is the whole worker's
 (`conditions.interleaved.worker_peak_rss_mb`), not per variant, so `peak_rss_mb` is left empty.
 Use the isolated protocol for per-variant load time and memory.
+
+`--tasks` also measures each selected variant with each named task of the bundle (its tuners
+and head, snrt-export task), as one more measurement alike: entries with `task` set, keyed by
+(variant, task), accuracy from the task's record (`tasks[].accuracy`); a variant the task was
+not trained for is skipped. The backbone's own head is measured too, as without `--tasks`.
+Each measurement loads only what it runs (`Runtime(tasks=[])` or `tasks=[name]`).
 
 Results are written atomically after every variant (isolated) or every round (interleaved,
 with running statistics): Ctrl-C leaves a valid table, and a rerun of the same command resumes
@@ -103,8 +110,8 @@ def _probe_input(rt) -> np.ndarray:
     return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
 
 
-def _timed_runs(rt, x, runs: int, min_s: float, cap_s: float, variant: str | None = None
-                ) -> list[float]:
+def _timed_runs(rt, x, runs: int, min_s: float, cap_s: float, variant: str | None = None,
+                task: str | bool | None = None) -> list[float]:
     """Timed runs until at least `runs` runs and `min_s` seconds, capped at `cap_s` seconds."""
     lat: list[float] = []
     t_start = time.perf_counter()
@@ -112,7 +119,7 @@ def _timed_runs(rt, x, runs: int, min_s: float, cap_s: float, variant: str | Non
         elapsed = time.perf_counter() - t_start
         if elapsed >= cap_s or (len(lat) >= runs and elapsed >= min_s):
             return lat
-        lat.append(rt.run(x, variant=variant).latency_ms)
+        lat.append(rt.run(x, variant=variant, task=task).latency_ms)
 
 
 def _conditions(state) -> dict:
@@ -123,15 +130,20 @@ def _conditions(state) -> dict:
 
 
 def measure_variant(bundle_path: str, variant: str, backend: str, precision: str, threads: int,
-                    protocol: Protocol, placement: str | None = None) -> dict:
-    """Measure one variant in this process (the worker side). Returns the Entry fields."""
+                    protocol: Protocol, placement: str | None = None,
+                    task: str | None = None) -> dict:
+    """Measure one variant (with `task`'s tuners and head, or the backbone's own head) in this
+    process (the worker side). Returns the Entry fields."""
     from .monitor import SystemMonitor
     from .runtime import Runtime
 
     monitor = SystemMonitor()
     t0 = time.perf_counter()
     rt = Runtime(bundle_path, backend=backend, threads=threads, variants=[variant],
-                 initial=variant, verify=False, **_runtime_opts(backend, precision, placement))
+                 initial=variant, verify=False, tasks=[] if task is None else [task],
+                 **_runtime_opts(backend, precision, placement))
+    if task is not None:
+        rt.switch(task=task, reason="profile")
     load_ms = (time.perf_counter() - t0) * 1e3
     x = _probe_input(rt)
     start_state = monitor.read()
@@ -153,6 +165,17 @@ def measure_variant(bundle_path: str, variant: str, backend: str, precision: str
                            **_conditions(end)}}
 
 
+def unit_key(variant: str, task: str | None = None) -> str:
+    """What one measurement is, as a string (the interleaved worker's keys): the variant id,
+    or `<variant>\t<task>` (a tab is in no id or task name)."""
+    return variant if task is None else f"{variant}\t{task}"
+
+
+def split_unit(key: str) -> tuple[str, str | None]:
+    vid, _, task = key.partition("\t")
+    return vid, task or None
+
+
 ROUND_KEYS = ("p10", "p50", "p90", "p99", "mean", "std", "count")  # per-round burst stats kept
 DROP_WHEN_COMPLETE = ("p90", "p99", "mean", "std", "count")  # ... until the target is reached
 
@@ -162,37 +185,42 @@ def measure_interleaved(bundle_path: str, needs: dict[str, int], backend: str, p
                         placement: str | None = None):
     """Interleaved protocol, worker side: a generator of events (dicts, JSON-able).
 
-    `needs`: {variant id: rounds still to measure}. All are made ready in one Runtime
-    ("ready" or "error" per variant), then round r = first_round, first_round + 1, ... visits
-    the variants that still need rounds in an order shuffled with seed r: one "burst" event
-    per variant, then a "round" event (the round is complete). Last, "done"."""
+    `needs`: {unit_key(variant, task): rounds still to measure}. All are made ready in one
+    Runtime ("ready" or "error" per key), then round r = first_round, first_round + 1, ...
+    visits the keys that still need rounds in an order shuffled with seed r: one "burst" event
+    per key, then a "round" event (the round is complete). Last, "done". Events name the key
+    as "variant"."""
     from .monitor import SystemMonitor
     from .runtime import Runtime
 
     monitor = SystemMonitor()
     opts = _runtime_opts(backend, precision, placement)
-    ids = list(needs)
+    keys = list(needs)
+    units = {k: split_unit(k) for k in keys}
+    ids = list(dict.fromkeys(vid for vid, _ in units.values()))
+    tasks = list(dict.fromkeys(t for _, t in units.values() if t is not None))
+    head = {k: (t if t is not None else False) for k, (_, t) in units.items()}
     rt = None
     x = None
     ok: list[str] = []
-    for vid in ids:
+    for key in keys:
+        vid = units[key][0]
         t0 = time.perf_counter()
         try:
             if rt is None:
                 rt = Runtime(bundle_path, backend=backend, threads=threads, variants=ids,
-                             initial=vid, lazy=True, verify=False, **opts)
+                             initial=vid, lazy=True, verify=False, tasks=tasks, **opts)
                 x = _probe_input(rt)
-            else:
-                rt.switch(vid, reason="profile")
+            rt.switch(vid, reason="profile", task=head[key])
             load_ms = (time.perf_counter() - t0) * 1e3
-            first = rt.run(x, variant=vid).latency_ms
+            first = rt.run(x, variant=vid, task=head[key]).latency_ms
             for _ in range(protocol.warmup):
-                rt.run(x, variant=vid)
+                rt.run(x, variant=vid, task=head[key])
         except SnrtError as e:
-            yield {"event": "error", "variant": vid, "error": str(e)}
+            yield {"event": "error", "variant": key, "error": str(e)}
             continue
-        ok.append(vid)
-        yield {"event": "ready", "variant": vid, "load_ms": load_ms, "first_run_ms": first}
+        ok.append(key)
+        yield {"event": "ready", "variant": key, "load_ms": load_ms, "first_run_ms": first}
     if rt is not None:
         info = rt.stats()["backend"]
         yield {"event": "backend", "placement": info.get("placement"),
@@ -204,10 +232,11 @@ def measure_interleaved(bundle_path: str, needs: dict[str, int], backend: str, p
         r = first_round + i
         order = [v for v in ok if needs[v] > i]
         np.random.default_rng([0x5A27, r]).shuffle(order)
-        for vid in order:
-            rt.run(x, variant=vid)  # untimed: back into cache after the other variants
-            lat = _timed_runs(rt, x, burst_runs, burst_s, cap_s, variant=vid)
-            yield {"event": "burst", "variant": vid, "round": r, **_stats(lat)}
+        for key in order:
+            vid = units[key][0]
+            rt.run(x, variant=vid, task=head[key])  # untimed: back into cache after the others
+            lat = _timed_runs(rt, x, burst_runs, burst_s, cap_s, variant=vid, task=head[key])
+            yield {"event": "burst", "variant": key, "round": r, **_stats(lat)}
         yield {"event": "round", "round": r, "conditions": _conditions(monitor.read())}
     if rt is not None:
         rt.close()
@@ -313,45 +342,72 @@ class Profiler:
         graph_bytes = sum(v.params for v in self.bundle.variants) * 4
         self.placement = "graphs" if graph_bytes <= AUTO_GRAPHS_MAX_BYTES else "pieces"
 
+    def task_names(self, spec: list[str] | None) -> list[str]:
+        """--tasks: names of the bundle's tasks (['all']: every one); SnrtError naming the
+        known ones for an unknown name or a bundle without tasks."""
+        if not spec:
+            return []
+        known = [t.name for t in self.bundle.tasks]
+        if spec == ["all"]:
+            if not known:
+                raise SnrtError(f"--tasks all: {self.bundle.path.name} has no tasks (add one "
+                                "with snrt-export task)")
+            return known
+        bad = [n for n in spec if n not in known]
+        if bad:
+            raise SnrtError(f"--tasks: unknown task(s) {bad}; {self.bundle.path.name} has "
+                            f"{', '.join(known) or 'none'} (or give 'all')")
+        return list(dict.fromkeys(spec))
+
     def plan(self, variants: list[VariantInfo], backends: list[str], precisions: list[str],
-             threads: list[int], fresh: bool = False) -> list[tuple]:
+             threads: list[int], fresh: bool = False, tasks: list[str] = ()
+             ) -> list[tuple]:
+        """(backend, precision, threads, task, variant) to measure: every variant with the
+        backbone's head (task None), then with each of `tasks` it was trained for; those
+        already measured are left out unless `fresh`."""
+        units = [(None, v) for v in variants]
+        for name in tasks:
+            runs_on = set(self.bundle.task(name).variants)
+            units += [(name, v) for v in variants if v.id in runs_on]
         items = []
         for backend in backends:
             for precision in precisions:
                 if backend == "onnxruntime" and precision != "fp32":
                     continue
                 for t in threads:
-                    for v in variants:
-                        done = self.table.get(self.key, v.id, backend, precision, t)
+                    for task, v in units:
+                        done = self.table.get(self.key, v.id, backend, precision, t, task)
                         if done and not done.predicted and done.error is None and not fresh:
                             continue
-                        items.append((backend, precision, t, v))
+                        items.append((backend, precision, t, task, v))
         return items
 
     def run(self, items: list[tuple], progress: bool = True) -> int:
         """Measure `items`; returns how many were measured. Saves after each one."""
         n = 0
         with Progress(len(items), "profile", enabled=progress) as bar:
-            for backend, precision, threads, v in items:
-                fields = self._measure(backend, precision, threads, v)
-                entry = self._entry(v, backend, precision, threads,
+            for backend, precision, threads, task, v in items:
+                fields = self._measure(backend, precision, threads, v, task)
+                entry = self._entry(v, backend, precision, threads, task=task,
                                     **{"p50_ms": float("nan"), "mean_ms": float("nan"),
                                        **fields})
+                name = v.id if task is None else f"{v.id} task={task}"
                 if entry.error:
-                    log.warning("%s %s/%s/%dt failed: %s", v.id, backend, precision, threads,
+                    log.warning("%s %s/%s/%dt failed: %s", name, backend, precision, threads,
                                 entry.error)
                     entry.p50_ms = entry.mean_ms = 0.0
                 self.table.put(entry)
                 self.table.save(self.table_path)
                 n += 1
-                bar.update(note=f"{v.id} {entry.p50_ms:.2f} ms" if not entry.error else v.id)
+                bar.update(note=f"{name} {entry.p50_ms:.2f} ms" if not entry.error else name)
         return n
 
     # -- interleaved protocol ------------------------------------------------------------------
     def plan_interleaved(self, variants: list[VariantInfo], backends: list[str],
                          precisions: list[str], threads: list[int], rounds: int,
-                         fresh: bool = False) -> list[tuple]:
-        """(backend, precision, threads, variant, rounds done) for every entry that has fewer
+                         fresh: bool = False, tasks: list[str] = ()) -> list[tuple]:
+        """(backend, precision, threads, task, variant, rounds done) for every entry (the
+        backbone's head and each of `tasks`, as plan()) that has fewer
         than `rounds` interleaved rounds. An interrupted run resumes by rounds; entries
         measured otherwise (isolated protocol, errors, predictions) or complete at fewer
         rounds start from 0: their numbers are not comparable with a common-mode run, and a
@@ -359,9 +415,9 @@ class Profiler:
         if rounds < 1:
             raise SnrtError(f"--rounds {rounds}: give at least 1 round (0 = isolated protocol)")
         items = []
-        for backend, precision, t, v in self.plan(variants, backends, precisions, threads,
-                                                  fresh=True):
-            e = self.table.get(self.key, v.id, backend, precision, t)
+        for backend, precision, t, task, v in self.plan(variants, backends, precisions, threads,
+                                                        fresh=True, tasks=tasks):
+            e = self.table.get(self.key, v.id, backend, precision, t, task)
             done = 0
             if e is not None and not fresh and not e.predicted and e.error is None:
                 rs = e.conditions.get("interleaved", {})
@@ -369,7 +425,7 @@ class Profiler:
                 if done < rounds and "count" not in rs:
                     done = 0  # complete at fewer rounds: the pooled statistics are gone
             if done < rounds:
-                items.append((backend, precision, t, v, done))
+                items.append((backend, precision, t, task, v, done))
         return items
 
     def run_interleaved(self, items: list[tuple], rounds: int, progress: bool = True) -> int:
@@ -377,8 +433,8 @@ class Profiler:
         per backend x precision x threads; the table is saved after every round. Returns the
         number of bursts measured."""
         groups: dict[tuple, list[tuple]] = {}
-        for backend, precision, t, v, done in items:
-            groups.setdefault((backend, precision, t), []).append((v, done))
+        for backend, precision, t, task, v, done in items:
+            groups.setdefault((backend, precision, t), []).append((v, task, done))
         total = sum(rounds - done for *_, done in items)
         n = 0
         with Progress(total, "profile", enabled=progress) as bar:
@@ -387,13 +443,15 @@ class Profiler:
         return n
 
     def _interleave_group(self, backend, precision, threads, members, rounds, bar) -> int:
-        variants = {v.id: v for v, _ in members}
-        done = {v.id: d for v, d in members}
+        # keyed by unit_key(variant, task): the worker's names
+        variants = {unit_key(v.id, task): (v, task) for v, task, _ in members}
+        done = {unit_key(v.id, task): d for v, task, d in members}
         state: dict[str, dict] = {}
-        for vid, d in done.items():
-            e = self.table.get(self.key, vid, backend, precision, threads)
+        for key, d in done.items():
+            v, task = variants[key]
+            e = self.table.get(self.key, v.id, backend, precision, threads, task)
             if d:
-                state[vid] = {"entry": e, "rounds": e.conditions["interleaved"]}
+                state[key] = {"entry": e, "rounds": e.conditions["interleaved"]}
         # rounds are numbered globally so a resumed run shuffles differently; resume from the
         # fewest rounds any variant has (variants added later catch up in the same rounds)
         first_round = min(done.values())
@@ -409,12 +467,13 @@ class Profiler:
             for ev in events:
                 kind = ev.pop("event")
                 if kind == "error":
-                    log.warning("%s %s failed: %s", ev["variant"], label, ev["error"])
-                    v = variants[ev["variant"]]
-                    self.table.put(self._entry(v, backend, precision, threads,
+                    key = ev["variant"]
+                    v, task = variants[key]
+                    log.warning("%s %s failed: %s", _unit_name(key), label, ev["error"])
+                    self.table.put(self._entry(v, backend, precision, threads, task=task,
                                                p50_ms=0.0, mean_ms=0.0, error=ev["error"]))
                     self.table.save(self.table_path)
-                    bar.update(needs[v.id], note=f"{v.id} failed")
+                    bar.update(needs[key], note=f"{_unit_name(key)} failed")
                 elif kind == "ready":
                     ready[ev.pop("variant")] = ev
                 elif kind == "backend":
@@ -423,23 +482,23 @@ class Profiler:
                     vid = ev.pop("variant")
                     pending[vid] = ev
                     n += 1
-                    bar.update(note=f"round {ev['round'] + 1}/{rounds} {vid} "
+                    bar.update(note=f"round {ev['round'] + 1}/{rounds} {_unit_name(vid)} "
                                     f"{ev['p50_ms']:.2f} ms")
                 elif kind == "round":
-                    for vid, b in pending.items():
-                        self._commit_round(variants[vid], backend, precision, threads, state,
-                                           ready.get(vid, {}), backend_info, b,
+                    for key, b in pending.items():
+                        self._commit_round(key, variants[key], backend, precision, threads,
+                                           state, ready.get(key, {}), backend_info, b,
                                            ev["conditions"], rounds)
                     pending = {}
                     self.table.save(self.table_path)
                 elif kind == "worker_error":
                     log.warning("%s: %s; the table keeps every complete round, rerun the same "
                                 "command to resume", label, ev["error"])
-                    for vid in variants:
-                        if vid not in state and self.table.get(
-                                self.key, vid, backend, precision, threads) is None:
-                            self.table.put(self._entry(variants[vid], backend, precision,
-                                                       threads, p50_ms=0.0, mean_ms=0.0,
+                    for key, (v, task) in variants.items():
+                        if key not in state and self.table.get(
+                                self.key, v.id, backend, precision, threads, task) is None:
+                            self.table.put(self._entry(v, backend, precision, threads,
+                                                       task=task, p50_ms=0.0, mean_ms=0.0,
                                                        error=ev["error"]))
                     self.table.save(self.table_path)
                 elif kind == "done":
@@ -486,22 +545,28 @@ class Profiler:
                     proc.kill()
                     proc.wait()
 
-    def _entry(self, v: VariantInfo, backend, precision, threads, **fields) -> Entry:
+    def _entry(self, v: VariantInfo, backend, precision, threads, task: str | None = None,
+               **fields) -> Entry:
+        acc = v.top1
+        if task is not None:  # the task's own test accuracy on this variant, when recorded
+            rec = self.bundle.task(task).accuracy.get(v.id) or {}
+            acc = rec.get("top1")
         return Entry(bundle=self.key, variant=v.id, cfg_id=v.cfg_id, backend=backend,
                      precision=precision, threads=threads, flops=v.flops, params=v.params,
-                     accuracy=v.top1,
+                     accuracy=acc, task=task,
                      timestamp=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                      **fields)
 
-    def _commit_round(self, v, backend, precision, threads, state, ready, backend_info, burst,
-                      conditions, rounds) -> None:
-        st = state.get(v.id)
+    def _commit_round(self, key, unit, backend, precision, threads, state, ready, backend_info,
+                      burst, conditions, rounds) -> None:
+        v, task = unit
+        st = state.get(key)
         if st is None:  # first round of this variant
             rs = {"target": rounds, "burst_runs": max(1, math.ceil(self.protocol.runs / rounds)),
                   "burst_seconds": self.protocol.min_seconds / rounds,
                   "cpu_load_pct_start": conditions.get("cpu_load_pct"),
                   **{k: [] for k in ROUND_KEYS}}
-            st = state[v.id] = {"entry": None, "rounds": rs}
+            st = state[key] = {"entry": None, "rounds": rs}
             lo, hi = round(burst["min_ms"], 5), round(burst["max_ms"], 5)
             load_ms, first_ms = ready.get("load_ms"), ready.get("first_run_ms")
         else:
@@ -519,7 +584,7 @@ class Profiler:
         if len(rs["p50"]) >= rs["target"]:  # complete: keep the burst p10s and medians only
             for k in DROP_WHEN_COMPLETE:
                 rs.pop(k, None)
-        e = self._entry(v, backend, precision, threads, **fields,
+        e = self._entry(v, backend, precision, threads, task=task, **fields,
                         first_run_ms=first_ms, load_ms=load_ms, warmup=self.protocol.warmup,
                         placement=backend_info.get("placement"),
                         backend_version=backend_info.get("backend_version"),
@@ -528,14 +593,14 @@ class Profiler:
         st["entry"] = e
         self.table.put(e)
 
-    def _measure(self, backend, precision, threads, v) -> dict:
+    def _measure(self, backend, precision, threads, v, task: str | None = None) -> dict:
         args = {"bundle": str(self.bundle.path), "variant": v.id, "backend": backend,
                 "precision": precision, "threads": threads, "placement": self.placement,
-                "protocol": vars(self.protocol)}
+                "protocol": vars(self.protocol), "task": task}
         if not self.isolate:
             try:
                 return measure_variant(args["bundle"], v.id, backend, precision, threads,
-                                       self.protocol, self.placement)
+                                       self.protocol, self.placement, task)
             except SnrtError as e:
                 return {"error": str(e)}
         timeout = self.protocol.max_seconds * 2 + 600
@@ -556,7 +621,8 @@ def _worker(spec: str) -> int:
     a = json.loads(spec)
     try:
         res = measure_variant(a["bundle"], a["variant"], a["backend"], a["precision"],
-                              a["threads"], Protocol(**a["protocol"]), a.get("placement"))
+                              a["threads"], Protocol(**a["protocol"]), a.get("placement"),
+                              a.get("task"))
     except SnrtError as e:
         res = {"error": str(e)}
     print(json.dumps(res))
@@ -573,6 +639,11 @@ def _worker_interleaved(spec: str) -> int:
     except SnrtError as e:
         print(json.dumps({"event": "worker_error", "error": str(e)}), flush=True)
     return 0
+
+
+def _unit_name(key: str) -> str:
+    vid, task = split_unit(key)
+    return vid if task is None else f"{vid} task={task}"
 
 
 def resolve_bundle(arg: str) -> Path:

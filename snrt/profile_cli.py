@@ -54,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     sel.add_argument("--variants", nargs="+", metavar="ID", help="variant ids or cfg_ids")
     sel.add_argument("--sample", metavar="N|P%", type=cli_args.sample_spec,
                      help="measure anchors plus variants spread over FLOPs, e.g. 20%% or 14")
+    p.add_argument("--tasks", type=cli_args.csv(str), default=None, metavar="NAME,...|all",
+                   help="also measure each selected variant with these tasks of the bundle "
+                        "(their tuners and head; 'all': every task), entries keyed by "
+                        "(variant, task)")
     p.add_argument("--runs", type=cli_args.int_range(1, 10**6, "a run count"), default=20,
                    help="minimum timed runs (default 20)")
     p.add_argument("--warmup", type=cli_args.int_range(0, 10**6, "a run count"), default=3,
@@ -137,6 +141,27 @@ def summary_lines(table: LookupTable, key: str, variant_ids: list[str]) -> list[
     return out
 
 
+def task_summary_lines(table: LookupTable, key: str, variant_ids: list[str],
+                       tasks: list[str]) -> list[str]:
+    """Per task and backend x precision x threads: how many (variant, task) entries were
+    measured and the median ratio of their p50 to the same variant's with the backbone's own
+    head (what the task's tuners and head cost)."""
+    ids = set(variant_ids)
+    out = []
+    for name in tasks:
+        rows: dict[tuple, list[float]] = {}
+        for e in table.select(key, task=name, measured_only=True):
+            base = table.get(key, e.variant, e.backend, e.precision, e.threads)
+            if e.variant in ids and base is not None and base.error is None and base.p50_ms:
+                rows.setdefault((e.backend, e.precision, e.threads), []).append(
+                    e.p50_ms / base.p50_ms)
+        for (b, pr, th), rs in sorted(rows.items()):
+            out.append(f"task {name}: {b} {pr} {th}t, {len(rs)} variants, p50 "
+                       f"{np.median(rs):.2f}x the backbone head's (median; "
+                       f"{min(rs):.2f}-{max(rs):.2f}x)")
+    return out
+
+
 REPEATABLE = 0.95  # split-half share within ±5% below which a profile is worth repeating
 
 
@@ -189,19 +214,23 @@ def _main(args) -> int:
     elif args.sample:
         variants = sample_variants(variants, args.sample)
     precisions = args.precision or ["fp32"]
-    everything = prof.plan(variants, args.backend, precisions, args.threads, fresh=True)
+    tasks = prof.task_names(args.tasks)
+    everything = prof.plan(variants, args.backend, precisions, args.threads, fresh=True,
+                           tasks=tasks)
     if args.rounds:
         items = prof.plan_interleaved(variants, args.backend, precisions, args.threads,
-                                      args.rounds, fresh=args.fresh)
+                                      args.rounds, fresh=args.fresh, tasks=tasks)
         partial = sum(1 for *_, done in items if done)
         how = (f"interleaved, {args.rounds} rounds; {len(everything) - len(items)} complete, "
                f"{partial} resumed")
     else:
-        items = prof.plan(variants, args.backend, precisions, args.threads, fresh=args.fresh)
+        items = prof.plan(variants, args.backend, precisions, args.threads, fresh=args.fresh,
+                          tasks=tasks)
         how = f"isolated; {len(everything) - len(items)} already measured"
-    log.info("profiling %d of %d variants x %s x %s x threads %s on %s -> %s (%s)",
-             len(variants), len(prof.bundle.variants), args.backend, precisions,
-             args.threads, prof.table.device.id, out, how)
+    log.info("profiling %d of %d variants%s x %s x %s x threads %s on %s -> %s (%s)",
+             len(variants), len(prof.bundle.variants),
+             f" (and with tasks {', '.join(tasks)})" if tasks else "", args.backend,
+             precisions, args.threads, prof.table.device.id, out, how)
     try:
         if args.rounds:
             prof.run_interleaved(items, args.rounds, progress=not args.quiet)
@@ -219,6 +248,8 @@ def _main(args) -> int:
         log.info("predicted %d entries", n)
     for line in summary_lines(prof.table, prof.key, [v.id for v in variants]):
         log.info("%s", line)
+    for line in task_summary_lines(prof.table, prof.key, [v.id for v in variants], tasks):
+        log.info("%s", line)
     if args.rounds:
         _warn_unrepeatable(prof.table, prof.key, {v.id for v in variants})
     if args.plot:
@@ -228,8 +259,8 @@ def _main(args) -> int:
         log.info("wrote %s", args.plot)
     log.info("wrote %s (%d entries) in %.0fs", out, len(prof.table.entries),
              time.monotonic() - t0)
-    failed = [e for b, pr, t, v, *_ in items
-              if (e := prof.table.get(prof.key, v.id, b, pr, t)) is None or e.error]
+    failed = [e for b, pr, t, task, v, *_ in items
+              if (e := prof.table.get(prof.key, v.id, b, pr, t, task)) is None or e.error]
     if failed:
         first = next((e for e in failed if e is not None), None)
         raise SnrtError(f"{len(failed)} of {len(items)} measurements failed"

@@ -120,8 +120,8 @@ class Runtime:
         history: per-call records kept for stats().
         expected_digest: the manifest digest the bundle must have ("sha256:<hex>", printed by
             `snrt-export info`); pins the exact bundle (every file, with verify=True).
-        tasks: names of the bundle's tasks to keep ready (default: all, with the onnxruntime
-            backend; none with tflite, which cannot run them yet).
+        tasks: names of the bundle's tasks to keep ready (default: all; with the tflite
+            backend, those exported as TFLite at its precision: snrt-export tflite --task).
         """
         if isinstance(bundle, Bundle):
             self.bundle = bundle
@@ -136,9 +136,6 @@ class Runtime:
             keep = [v for v in keep if prec in v.exports.get("tflite", {})] or keep
         if not keep:
             raise SnrtError("Runtime needs at least one variant")
-        if tasks is not None and backend != "onnxruntime":
-            raise SnrtError(f"tasks run on the onnxruntime backend only (got backend "
-                            f"'{backend}'); drop tasks= or use backend='onnxruntime'")
         self._ready_set = {v.id: v for v in keep}
         self._backend = create_backend(backend, self.bundle, threads=threads, variants=keep,
                                        **backend_options)
@@ -152,16 +149,22 @@ class Runtime:
         self._n_frames = 0
         self._n_errors = 0
         self._closed = False
-        names = [t.name for t in self.bundle.tasks] if tasks is None else list(tasks)
-        self._tasks = {n: self.bundle.task(n) for n in names} if backend == "onnxruntime" \
-            else {}
+        names = [t.name for t in self.bundle.tasks
+                 if self._backend.task_variants(t)] if tasks is None else list(tasks)
+        self._tasks = {n: self.bundle.task(n) for n in names}
+        for t in self._tasks.values():
+            if not self._backend.task_variants(t):
+                raise SnrtError(f"task '{t.name}' cannot run on the {backend} backend here: "
+                                f"no variant of it was exported for it (snrt-export tflite "
+                                f"BUNDLE --task {t.name}); drop it from tasks= or use "
+                                "backend='onnxruntime'")
         self._task_ex: dict[tuple[str, str], object] = {}
         t0 = time.monotonic()
         if not lazy:
             for v in keep:
                 self._backend.load(v)
             for t in self._tasks.values():
-                for vid in t.variants:
+                for vid in self._backend.task_variants(t):
                     if vid in self._ready_set:
                         self._executor(self._ready_set[vid], t.name)
         first = self.bundle.variant(initial) if initial is not None else _default_initial(keep)
@@ -203,15 +206,12 @@ class Runtime:
         name becomes visible to `task=` only when all of them are ready. Only the sessions the
         task needs are created (its tuned runs and head; the frozen pieces are shared)."""
         self._check_open()
-        if self.backend_name != "onnxruntime":
-            raise SnrtError(f"tasks run on the onnxruntime backend only (this runtime uses "
-                            f"'{self.backend_name}')")
         with self._add_lock:
             t = self._tasks.get(name)
             if t is not None:
                 return t
             t = self.bundle.task(name)  # names the bundle's tasks when it has none so named
-            for vid in t.variants:
+            for vid in self._backend.task_variants(t):
                 v = self._ready_set.get(vid)
                 if v is not None:
                     self._task_ex[(vid, name)] = self._backend.load_task(v, t)

@@ -63,3 +63,40 @@ def write_task(path, tensors: dict, meta: dict | None, provenance: dict | None =
         md["snrt.task.provenance"] = json.dumps(provenance)
     write_safetensors(path, tensors, md)
     return path
+
+
+_BACKBONE: list = []
+
+
+def backbone_bundle():
+    """A copy of the shipped default bundle without its tasks (made once per test process):
+    tests add their own random tasks, some named like the shipped ones."""
+    import atexit
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import snrt
+    from snrt.bundle import update_manifest
+
+    if not _BACKBONE:
+        d = Path(tempfile.mkdtemp(prefix="snrt-backbone-"))
+        atexit.register(shutil.rmtree, d, True)
+        dst = d / "default.snrt"
+        shutil.copytree(snrt.default_bundle(), dst)
+        own: set[str] = set()
+
+        def drop_tasks(m, _path):
+            for t in m.tasks:
+                own.update([t.weights, *(p["graph"] for p in t.pieces), *t.graphs.values()])
+                for e in t.exports.values():
+                    own.update(r["file"] for r in e.get("tflite", {}).values())
+            m.tasks = []
+            for f in own:
+                m.files.pop(f, None)
+
+        update_manifest(dst, drop_tasks)
+        for f in own:
+            (dst / f).unlink()
+        _BACKBONE.append(dst)
+    return _BACKBONE[0]

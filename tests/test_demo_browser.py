@@ -225,3 +225,60 @@ def test_demo_page_end_to_end(browser, running_demo, tmp_path):
 def _demo_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.is_alive() and (
         t.name.startswith("snrt-demo") or "process_request" in t.name)]
+
+
+@pytest.fixture(scope="module")
+def tasks_demo():
+    """The shipped default bundle, with its real tasks (uci-digits, faces), simulated
+    latencies, sensors and clock."""
+    import snrt
+
+    samples = Path(snrt.__file__).parent / "data" / "samples"
+    app = DemoApp.create(demo_options(snrt.default_bundle(), samples, frame_size=64,
+                                      simulate_latency="flops", sensors="simulated",
+                                      clock="simulated"))
+    app.start()
+    yield app
+    app.close()
+
+
+def test_task_selector_in_the_page(browser, tasks_demo):
+    """Through the page's task selector: the options are the backbone's digits head and every
+    task; choosing faces switches the Runtime's task, the prediction shows the faces labels and
+    the switch list the task change; an unknown task posted by the page is answered 400."""
+    page = browser.new_page(viewport={"width": 1280, "height": 960})
+    js_errors: list[str] = []
+    page.on("pageerror", lambda e: js_errors.append(str(e)))
+    page.set_default_timeout(30_000)
+    page.goto(tasks_demo.url)
+    page.wait_for_function("() => document.getElementById('task-select').options.length > 0")
+    values = page.eval_on_selector("#task-select",
+                                   "(s) => [...s.options].map((o) => [o.value, o.textContent])")
+    assert [v for v, _ in values] == ["__backbone__", "uci-digits", "faces"]
+    assert values[0][1].startswith("digits (the backbone's head)")
+    page.wait_for_function("() => document.getElementById('pred-task').dataset.task "
+                           "=== '__backbone__'")
+    assert page.text_content("#pred-label").strip() in [str(d) for d in range(10)]
+
+    page.select_option("#task-select", "faces")
+    page.wait_for_function("() => document.getElementById('pred-task').dataset.task "
+                           "=== 'faces'")
+    assert tasks_demo.rt.current_task == "faces"
+    assert page.text_content("#pred-label").strip() in ("face", "non-face")
+    assert page.text_content("#variant-task").strip() == "faces"
+    page.wait_for_function("() => [...document.querySelectorAll('#switch-list li')]"
+                           ".some((li) => li.dataset.kind === 'task')")
+    li = page.evaluate("() => [...document.querySelectorAll('#switch-list li')]"
+                       ".find((li) => li.dataset.kind === 'task').textContent")
+    assert "task digits (the backbone's head) → faces" in li and "task selected" in li, li
+
+    bad = page.evaluate("""async () => {
+        const r = await fetch('/api/task', {method: 'POST',
+            headers: {'Content-Type': 'application/json'}, body: JSON.stringify({task: 'cats'})});
+        return [r.status, (await r.json()).error]; }""")
+    assert bad[0] == 400 and "unknown task 'cats'" in bad[1]
+    assert tasks_demo.rt.current_task == "faces"
+    if os.environ.get("SNRT_DEMO_TASKS_SCREENSHOT"):
+        page.screenshot(path=os.environ["SNRT_DEMO_TASKS_SCREENSHOT"], full_page=True)
+    assert not js_errors, js_errors
+    page.close()

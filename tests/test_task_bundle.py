@@ -8,7 +8,7 @@ import json
 import shutil
 
 import pytest
-from task_files import random_task, write_task
+from task_files import backbone_bundle, random_task, write_task
 
 import snrt
 from exporters.cli import main
@@ -48,7 +48,8 @@ def test_task_into_a_copy(task_file, tmp_path, capsys):
                  "--labels", str(labels), "--out", str(out)]) == 0
     assert _digest(shipped) == before  # the shipped bundle is untouched
     b = snrt.Bundle.open(out, verify=True)
-    (t,) = b.tasks
+    *shipped_tasks, t = b.tasks  # the copy keeps the shipped bundle's own tasks
+    assert [x.name for x in shipped_tasks] == [x.name for x in snrt.Bundle.open(shipped).tasks]
     assert t.name == "lfw" and t.labels == ["face", "not a face", "other"]
     assert [p["id"] for p in t.pieces] == ["ti.block0@lfw", "ti.block3@lfw", "ti.block11@lfw",
                                            "ti.head@lfw"]
@@ -70,11 +71,11 @@ def test_task_into_a_copy(task_file, tmp_path, capsys):
 
 def test_refusals(task_file, tmp_path, sha):
     with pytest.raises(SnrtError, match="inside the installed snrt package"):
-        add_task(snrt.default_bundle(), task_file)
+        add_task(snrt.default_bundle(), task_file)  # refused: inside the package
     out = tmp_path / "b.snrt"
-    add_task(snrt.default_bundle(), task_file, out=out)
+    add_task(backbone_bundle(), task_file, out=out)
     with pytest.raises(SnrtError, match="exists; pass --force"):
-        add_task(snrt.default_bundle(), task_file, out=out)
+        add_task(backbone_bundle(), task_file, out=out)
     with pytest.raises(SnrtError, match="already has a task 'faces'"):
         add_task(out, task_file)
     add_task(out, task_file, force=True)  # replaced in place
@@ -93,7 +94,7 @@ def test_refusals(task_file, tmp_path, sha):
 
 def test_task_files_are_hashed_and_rules_checked(task_file, tmp_path):
     out = tmp_path / "c.snrt"
-    add_task(snrt.default_bundle(), task_file, out=out)
+    add_task(backbone_bundle(), task_file, out=out)
     m = json.loads((out / "manifest.json").read_text())
 
     def write(d):
@@ -132,7 +133,7 @@ def test_a_bundle_without_tasks_keeps_its_manifest(tmp_path):
     from snrt.bundle import update_manifest
 
     dst = tmp_path / "d.snrt"
-    shutil.copytree(snrt.default_bundle(), dst)
+    shutil.copytree(backbone_bundle(), dst)
     before = snrt.Bundle.open(dst, verify="size").digest
     update_manifest(dst, lambda m, p: None)
     assert snrt.Bundle.open(dst, verify="size").digest == before

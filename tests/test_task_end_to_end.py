@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from task_files import backbone_bundle
 
 import snrt
 from exporters.task_bundle import add_task
@@ -51,7 +52,7 @@ def test_tool_file_through_export_and_runtime(tmp_path, one_thread):
     path = tmp_path / "faces.safetensors"
     T.write_task_file(path, task, meta, {"test": {"s": {"top1": 50.0, "n": 80}}})
 
-    bundle = add_task(snrt.default_bundle(), path, out=tmp_path / "faces.snrt")
+    bundle = add_task(backbone_bundle(), path, out=tmp_path / "faces.snrt")
     data = task_datasets.load_faces()
     images, _ = data.part("test")
     x = task_datasets.to_inputs(images, bundle.preprocess)

@@ -5,8 +5,11 @@ One processing thread takes the newest camera frame, runs it on the runtime's ac
 monitor (see energy.py) and records what the page shows: prediction, variant, FPS, latency,
 budget, battery, and every switch with its reason.
 
-Everything the web page may change goes through `apply_config()`, which validates the whole
-request before changing anything and raises `ConfigError` with a message for the user.
+Everything the web page may change goes through `apply_config()` or `set_task()`, which
+validate the whole request before changing anything and raise `ConfigError` with a message for
+the user. The task (the backbone's own head, or one of the bundle's tasks: its tuners and head
+on the same backbone) is switched through `rt.switch(task=...)`; the controller then decides on
+that task's front, the predictions carry the task's labels and the switch log the task.
 """
 
 from __future__ import annotations
@@ -158,7 +161,7 @@ class DemoEngine:
             p = np.exp(logits - logits.max())
             p /= p.sum()
             top = np.argsort(-p)[:3]
-            labels = self.rt.bundle.labels
+            labels = res.labels  # the task's, or the backbone head's
             top3 = [[labels[i] if labels and i < len(labels) else str(int(i)), float(p[i])]
                     for i in top]
             state = self.monitor.read()
@@ -167,6 +170,7 @@ class DemoEngine:
                 self._frame_times.append(now)
                 self._latencies.append(res.latency_ms)
                 self._last = {"seq": frame.seq, "frame": frame, "variant": res.variant.id,
+                              "task": res.task,
                               "latency_ms": res.latency_ms, "total_ms": res.total_ms,
                               "cpu_ms": busy_s * 1e3, "top": top3, "truth": frame.truth,
                               "t_s": now - self.t0}
@@ -199,9 +203,11 @@ class DemoEngine:
     def _retune_locked(self) -> None:
         self._retuned = True
         t_min = time.monotonic() - AUTO_FPS_SETTLE_S
-        base = self.controller.base_ms
+        base = self.controller.base_ms  # the active task's
+        task = self.controller.task
         ratios = [f.latency_ms / base[f.variant] for f in self.rt.frames()
-                  if f.t_s >= t_min and f.variant in base and base[f.variant] > 0]
+                  if f.t_s >= t_min and f.task == task and f.variant in base
+                  and base[f.variant] > 0]
         if len(ratios) < 5:
             return
         ratio = float(np.median(ratios))
@@ -226,8 +232,10 @@ class DemoEngine:
             self._switches.append({"n": self._n_switches, "t_s": round(ev.t_s - self.t0, 3),
                                    "from": ev.from_id,
                                    "to": ev.to_id, "reason": ev.reason,
-                                   "switch_ms": ev.switch_ms})
-        log.info("switch %s -> %s: %s", ev.from_id, ev.to_id, ev.reason)
+                                   "switch_ms": ev.switch_ms,
+                                   "from_task": ev.from_task, "to_task": ev.to_task})
+        log.info("switch %s -> %s (task %s -> %s): %s", ev.from_id, ev.to_id,
+                 ev.from_task or "-", ev.to_task or "-", ev.reason)
 
     # -- what the page reads -----------------------------------------------------------------
     def variant_json(self, v: VariantInfo) -> dict[str, Any]:
@@ -237,6 +245,33 @@ class DemoEngine:
 
     def variants(self) -> list[dict[str, Any]]:
         return [self.variant_json(v) for v in self.rt.variants]
+
+    def backbone_head_label(self) -> str:
+        labels = self.rt.bundle.labels or []
+        if labels and all(lab.isdigit() for lab in labels):
+            return "digits (the backbone's head)"
+        return "the backbone's head"
+
+    def _task_top1(self, task: str | None, vid: str) -> float | None:
+        """The top-1 of `task` (None: the backbone's head) on variant `vid`, when recorded."""
+        if task is None:
+            return self.rt.bundle.variant(vid).top1
+        t = next((t for t in self.rt.tasks if t.name == task), None)
+        rec = (t.accuracy or {}).get(vid) if t is not None else None
+        return rec.get("top1") if isinstance(rec, dict) else None
+
+    def tasks(self) -> list[dict[str, Any]]:
+        """What the task selector offers: the backbone's own head (task null), then every
+        task of this runtime: name, labels, variants it runs on, top-1 on the active variant."""
+        cur = self.rt.current.id
+        out = [{"task": None, "label": self.backbone_head_label(),
+                "labels": list(self.rt.bundle.labels or []),
+                "variants": len(self.rt.variants), "top1": self.rt.current.top1}]
+        for t in self.rt.tasks:
+            acc = (t.accuracy or {}).get(cur) or {}
+            out.append({"task": t.name, "label": t.name, "labels": list(t.labels),
+                        "variants": len(t.variants), "top1": acc.get("top1")})
+        return out
 
     def measured_fps(self, window_s: float = 2.0) -> float:
         now = time.monotonic()
@@ -274,7 +309,8 @@ class DemoEngine:
         pred = None
         if last is not None:
             pred = {"label": last["top"][0][0], "prob": last["top"][0][1], "top": last["top"],
-                    "truth": last["truth"], "seq": last["seq"], "variant": last["variant"]}
+                    "truth": last["truth"], "seq": last["seq"], "variant": last["variant"],
+                    "task": last["task"]}
         est = {c["id"]: c["base_ms"] * ctl["contention"] for c in ctl["candidates"]}
         return {
             "t_s": time.monotonic() - self.t0,
@@ -286,6 +322,9 @@ class DemoEngine:
             "frame_seq": last["seq"] if last else 0,
             "prediction": pred,
             "variant": self.variant_json(cur),
+            "task": self.rt.current_task,
+            "task_top1": self._task_top1(self.rt.current_task, cur.id),
+            "controller_task": ctl.get("task"),
             "fps": self.measured_fps(),
             "latency_ms": last["latency_ms"] if last else None,
             "latency_p50_ms": float(np.median(lat)) if lat else None,
@@ -397,6 +436,28 @@ class DemoEngine:
             f()
         log.info("config changed: %s", dict(changes))
         return self.config()
+
+    def set_task(self, body: Any) -> dict[str, Any]:
+        """POST /api/task: {"task": NAME} switches the runtime to one of its tasks, {"task":
+        null} back to the backbone's own head; the active variant stays (the controller then
+        picks on the task's front). Returns the active task and the choices."""
+        if not isinstance(body, Mapping) or set(body) != {"task"}:
+            got = sorted(body) if isinstance(body, Mapping) else type(body).__name__
+            raise ConfigError(f"the body must be a JSON object with exactly one field, \"task\" "
+                              f"(a task name, or null for the backbone's own head), got {got}")
+        name = body["task"]
+        known = [t.name for t in self.rt.tasks]
+        if name is not None and (not isinstance(name, str) or name not in known):
+            raise ConfigError(f"unknown task {name!r}; this demo's tasks: "
+                              f"{', '.join(known) or 'none (the bundle has no tasks)'}, or null "
+                              "for the backbone's own head")
+        try:
+            self.rt.switch(task=name if name is not None else False,
+                           reason="task selected by the app")
+        except SnrtError as e:  # e.g. a pinned variant the task was not trained for
+            raise ConfigError(str(e)) from None
+        log.info("task: %s", name or "(the backbone's head)")
+        return {"task": self.rt.current_task, "tasks": self.tasks()}
 
     def _set_power_saving(self, enabled: bool | None) -> None:
         self.monitor.set_power_saving(enabled)

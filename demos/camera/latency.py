@@ -9,6 +9,9 @@ simulated sensors and the simulated clock only, not on how busy the machine is (
 Tables: `flops[:MAX_MS]` makes the most expensive variant take MAX_MS (default 40 ms) and every
 other variant its FLOPs share of it; a lookup table file (`snrt-profile`'s JSON) gives the
 p50 of this bundle's entries (variants it lacks are scaled by FLOPs from the measured ones).
+Tasks: a (variant, task) pair takes the FLOPs share of its chain with the task's tuners and
+head (`flops`), or the table's entry for that task (`snrt-profile --tasks`), else the
+variant's own latency scaled by the same FLOPs ratio.
 """
 
 from __future__ import annotations
@@ -49,14 +52,22 @@ class SimulatedLatency:
 
     simulated = True
 
-    def __init__(self, table_ms: Mapping[str, float], description: str = "simulated") -> None:
-        bad = {k: v for k, v in table_ms.items()
+    def __init__(self, table_ms: Mapping[str, float], description: str = "simulated",
+                 task_ms: Mapping[str, Mapping[str, float]] | None = None) -> None:
+        """table_ms: {variant: ms} with the backbone's head; task_ms: {task: {variant: ms}}."""
+        every = [*table_ms.items(), *((f"{k}@{t}", v) for t, m in (task_ms or {}).items()
+                                      for k, v in m.items())]
+        bad = {k: v for k, v in every
                if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0)}
         if not table_ms or bad:
             raise SnrtError("simulated latencies must be positive numbers of ms, got "
                             f"{bad or 'none'}")
         self.table_ms = dict(table_ms)
+        self.task_ms = {t: dict(m) for t, m in (task_ms or {}).items()}
         self.description = description
+
+    def ms(self, variant: str, task: str | None = None) -> float:
+        return self.table_ms[variant] if task is None else self.task_ms[task][variant]
 
     def attach(self, rt: Runtime, controller) -> None:
         if rt.controller is not None:
@@ -64,9 +75,9 @@ class SimulatedLatency:
         controller.attach(rt)
 
     def run(self, rt: Runtime, controller, image, now_s: float) -> tuple[Result, float]:
-        res = rt.run(image)  # the real prediction of the active variant
-        ms = self.table_ms[res.variant.id]
-        controller.observe(rt, FrameRecord(now_s, res.variant.id, ms, ms, 1))
+        res = rt.run(image)  # the real prediction of the active variant and task
+        ms = self.ms(res.variant.id, res.task)
+        controller.observe(rt, FrameRecord(now_s, res.variant.id, ms, ms, 1, res.task))
         return dataclasses.replace(res, latency_ms=ms, total_ms=ms), ms / 1e3
 
 
@@ -85,8 +96,11 @@ def simulated_latency(spec: str, rt: Runtime) -> SimulatedLatency:
                 raise SnrtError(f"--simulate-latency {spec!r}: MAX_MS must be a number of ms in "
                                 "(0, 60000], e.g. flops:40")
         top = max(flops.values())
+        task_ms = {t.name: {vid: max_ms * max(f, 1.0) / top
+                            for vid, f in task_flops(rt.bundle, t, variants).items()}
+                   for t in rt.tasks}
         return SimulatedLatency({k: max_ms * f / top for k, f in flops.items()},
-                                f"simulated: FLOPs share of {max_ms:g} ms")
+                                f"simulated: FLOPs share of {max_ms:g} ms", task_ms)
     path = Path(spec)
     if not path.is_file():
         raise SnrtError(f"--simulate-latency {spec!r}: expected 'flops', 'flops:MAX_MS' or a "
@@ -102,4 +116,20 @@ def simulated_latency(spec: str, rt: Runtime) -> SimulatedLatency:
                         "thread(s)")
     ms_per_flop = sorted(ms / flops[k] for k, ms in measured.items())[len(measured) // 2]
     table_ms = {k: measured.get(k, ms_per_flop * f) for k, f in flops.items()}
-    return SimulatedLatency(table_ms, f"simulated: lookup table {path.name}")
+    task_ms = {}
+    for t in rt.tasks:
+        got = {e.variant: float(e.p50_ms) for e in table.select(
+            bundle_key(rt.bundle), rt.backend_name, "fp32", rt.threads, task=t.name)}
+        task_ms[t.name] = {vid: got.get(vid, table_ms[vid] * f / flops[vid])
+                           for vid, f in task_flops(rt.bundle, t, variants).items()}
+    return SimulatedLatency(table_ms, f"simulated: lookup table {path.name}", task_ms)
+
+
+def task_flops(bundle, task, variants) -> dict[str, float]:
+    """FLOPs of each of `variants` the task runs on, with the task's tuners and head: the
+    sum over its chain (TaskInfo.chain) of the frozen pieces' and the task pieces' FLOPs."""
+    piece = {p.id: p.flops for p in bundle.manifest.pieces}
+    piece.update({p["id"]: p["flops"] for p in task.pieces})
+    runs_on = set(task.variants)
+    return {v.id: float(sum(piece[p] for p in task.chain(v.pieces, v.anchors)))
+            for v in variants if v.id in runs_on}

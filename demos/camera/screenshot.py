@@ -1,13 +1,16 @@
 """Screenshot of the demo page after a short scripted session (for docs/demo.png).
 
     python -m demos.camera.screenshot --out docs/demo.png [--bundle B] [--images DIR]
+    python -m demos.camera.screenshot --out docs/demo_tasks.png --tasks uci-digits,faces
 
 Starts the demo in this process on a free loopback port (synthetic camera, simulated battery),
 opens it in headless Chromium (Playwright with the system's Chromium, no browser download),
 and drives the page's own controls: a few seconds as started; the most accurate variant pinned
 for a moment and the target FPS set so that it uses 45 % of the frame budget, back to auto; power
-saving on; power saving off; then writes a full-page PNG. Needs `pip install playwright`
-and Chromium (`apt-get install -y chromium`, or --chromium PATH).
+saving on; power saving off; with --tasks, each named task chosen in turn in the page's task
+selector (half a phase each, the last one stays); then writes a full-page PNG. Needs
+`pip install playwright` and Chromium (`apt-get install -y chromium`, or --chromium PATH).
+--simulated: simulated latencies, sensors and clock (the shot does not depend on the load).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 
 
 def capture(app: DemoApp, out: Path, *, chromium: str, phase_s: float = 8.0,
-            width: int = 1280, height: int = 960) -> Path:
+            width: int = 1280, height: int = 960, tasks: list[str] = ()) -> Path:
     """Drive the running demo's page through the power-saving scenario and save a PNG."""
     try:
         from playwright.sync_api import sync_playwright
@@ -52,6 +55,11 @@ def capture(app: DemoApp, out: Path, *, chromium: str, phase_s: float = 8.0,
             page.wait_for_timeout(phase_s * 1000)
             page.click("#ps-toggle")  # and off again
             page.wait_for_timeout(phase_s * 1000)
+            for name in tasks:  # the task selector: same backbone, the task's tuners and head
+                page.select_option("#task-select", name)
+                page.wait_for_function(
+                    "(t) => document.getElementById('pred-task').dataset.task === t", arg=name)
+                page.wait_for_timeout(phase_s * 500)
             out.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(out), full_page=True)
         finally:
@@ -87,15 +95,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--battery-start-pct", type=float, default=100.0)
     p.add_argument("--drain-speedup", type=float, default=60.0)
     p.add_argument("--chromium", default="/usr/bin/chromium")
+    p.add_argument("--simulated", action="store_true",
+                   help="simulated latencies (FLOPs share), sensors and clock, as the tests: "
+                   "the shot does not depend on how busy this machine is")
+    p.add_argument("--tasks", default="", help="comma list of the bundle's tasks to choose "
+                   "in turn in the task selector before the screenshot")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     opts = DemoOptions(bundle=args.bundle, port=0, camera="synthetic", images=args.images,
                        fps=args.fps, battery="simulated",
                        battery_start_pct=args.battery_start_pct,
-                       energy=EnergyModel(drain_speedup=args.drain_speedup))
+                       energy=EnergyModel(drain_speedup=args.drain_speedup),
+                       **({"simulate_latency": "flops", "sensors": "simulated",
+                           "clock": "simulated"} if args.simulated else {}))
     t0 = time.monotonic()
     with DemoApp.create(opts) as app:
-        out = capture(app, args.out, chromium=args.chromium, phase_s=args.phase_seconds)
+        out = capture(app, args.out, chromium=args.chromium, phase_s=args.phase_seconds,
+                      tasks=[t for t in args.tasks.split(",") if t])
     log.info("wrote %s in %.0f s", out, time.monotonic() - t0)
     return 0
 

@@ -9,6 +9,10 @@ Routes (JSON unless said otherwise; errors are JSON `{"error": "..."}` with the 
     GET  /api/variants     every variant: id, cfg_id, flops, params, top1, candidate
     GET  /api/history      chart points and switches; ?since=S (seconds since start, a number
                            >= -1; -1: from the start) &max=N (integer 1..5000 points, newest kept)
+    GET  /api/tasks        the task selector's choices: the backbone's own head (task null)
+                           and every task: name, labels, variants, top-1 on the active variant
+    POST /api/task         switch task: {"task": NAME} or {"task": null} (the backbone's own
+                           head); the active variant stays; unknown task -> 400
     GET  /api/config       the settings the page can change
     POST /api/config       change them: JSON object with any of power_saving (true/false/null),
                            target_fps (number), pinned (variant id, cfg_id, "auto" or null),
@@ -391,6 +395,16 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_json()
         self._json(self.app.engine.apply_config(body))
 
+    def get_tasks(self, query: str) -> None:
+        parse_query(query, {})
+        self._json({"task": self.app.engine.rt.current_task,
+                    "tasks": self.app.engine.tasks()})
+
+    def post_task(self, query: str) -> None:
+        parse_query(query, {})
+        body = self._read_json()
+        self._json(self.app.engine.set_task(body))
+
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
@@ -399,5 +413,5 @@ def _reject_constant(name: str) -> Any:
 _GET = {"/": _Handler.page, "/index.html": _Handler.page, "/frame.jpg": _Handler.frame,
         "/api/status": _Handler.status, "/api/variants": _Handler.variants,
         "/api/history": _Handler.history, "/api/config": _Handler.get_config,
-        "/favicon.ico": _Handler.favicon}
-_POST = {"/api/config": _Handler.post_config}
+        "/api/tasks": _Handler.get_tasks, "/favicon.ico": _Handler.favicon}
+_POST = {"/api/config": _Handler.post_config, "/api/task": _Handler.post_task}

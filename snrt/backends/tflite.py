@@ -508,6 +508,32 @@ class TFLiteBackend:
             self._runners[variant.id] = runner
             return runner
 
+    def task_variants(self, task) -> list[str]:
+        """The variants `task` (a snrt.manifest.TaskInfo) runs on here: those exported with it
+        as TFLite at this precision (snrt-export tflite --task)."""
+        return [vid for vid in task.variants
+                if self.precision in task.exports.get(vid, {}).get("tflite", {})]
+
+    def load_task(self, variant, task) -> TFLiteRunner:
+        """The interpreter of `variant` with `task`: its own file (a TFLite file shares
+        nothing, so each (variant, task) pair is one more interpreter)."""
+        key = f"{variant.id}@{task.name}"
+        with self._lock:
+            if key in self._runners:
+                return self._runners[key]
+            rec = task.exports.get(variant.id, {}).get("tflite", {}).get(self.precision)
+            if rec is None:
+                raise BundleError(
+                    f"task '{task.name}' has no TFLite {self.precision} file for variant "
+                    f"'{variant.id}' (exported: {self.task_variants(task) or 'none'}); export "
+                    f"it: snrt-export tflite BUNDLE --task {task.name} --variants {variant.id} "
+                    f"--precisions {self.precision}")
+            runner = TFLiteRunner(self.bundle.file(rec["file"]), self.threads,
+                                  layout=rec.get("layout"), engine=self._engine_pref,
+                                  warmup=self.warmup)
+            self._runners[key] = runner
+            return runner
+
     def unload(self, variant) -> None:
         """Forget a variant. A call in flight keeps its reference and finishes; the
         interpreter's memory is freed when the last reference goes."""
