@@ -143,8 +143,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Rebuild every graph of an SN-Net bundle from its own weights.bin in the "
                     "operator form --ops; weights.bin stays byte-identical (checked), and the "
                     "family, accuracies and provenance are kept (the step is appended to "
-                    "provenance.regraphs). For bundles of ONNX graphs only (no TFLite files "
-                    "or tasks).")
+                    "provenance.regraphs). Tasks come along (their piece graphs rebuilt in the "
+                    "same form, task_<name>.bin byte-identical). For bundles of ONNX graphs "
+                    "only (no TFLite files: export those again after).")
     r.add_argument("bundle")
     r.add_argument("--ops", choices=sorted(OPS_FORMS), default=DEFAULT_OPS,
                    help="operator form (default %(default)s)")
@@ -182,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
             return subnet_cli.run(args, argv)
         if args.command == "regraph":
             m = regraph_bundle(args.bundle, args.out or args.bundle, ops=args.ops)
-            log.info("regraphed %s (%s ops): %d variants, %d pieces", args.out or args.bundle,
-                     args.ops, len(m.variants), len(m.pieces))
+            log.info("regraphed %s (%s ops): %d variants, %d pieces, %d tasks",
+                     args.out or args.bundle, args.ops, len(m.variants), len(m.pieces),
+                     len(m.tasks))
             return 0
         if args.command == "info":
             return _info(args)
