@@ -151,6 +151,55 @@ def matmul_peak_gflops(rounds: int) -> float:
     return 2 * M * K * N / (ms * 1e-3) / 1e9
 
 
+def profile(vid: str, runs: int) -> None:
+    """onnxruntime's profiler on the shipped bundle's graph of `vid` (snrt's session options):
+    the nodes after onnxruntime's own fusions, kernel time per op type, and how much of a run
+    is outside the kernels (per-node dispatch, the executor, the Python call)."""
+    import json
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    import snrt
+    from snrt.backends.ort import session_options
+
+    b = snrt.Bundle.open(snrt.default_bundle(), verify=False)
+    path = b.graph_path(vid)
+    x = np.zeros([1, *b.manifest.input["shape"][1:]], np.float32)
+    with tempfile.TemporaryDirectory() as t:
+        so = session_options(1)
+        so.optimized_model_filepath = str(Path(t) / "opt.onnx")
+        s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        opt = collections.Counter(n.op_type for n in onnx.load(
+            so.optimized_model_filepath, load_external_data=False).graph.node)
+        plain = _time({"run": lambda: s.run(None, {"image": x})}, 5, 1.0)["run"] * 1e3
+        so = session_options(1)
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(t) / "p")
+        s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        for _ in range(20):
+            s.run(None, {"image": x})
+        for _ in range(runs):
+            s.run(None, {"image": x})
+        ev = json.load(open(s.end_profiling()))
+    n = runs + 20
+    model = [e["dur"] for e in ev if e.get("cat") == "Session" and e["name"] == "model_run"]
+    kern = [e for e in ev if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    by = collections.defaultdict(lambda: [0.0, 0])
+    for e in kern:
+        by[e["args"]["op_name"]][0] += e["dur"] / n
+        by[e["args"]["op_name"]][1] += 1
+    k_us = sum(v[0] for v in by.values())
+    print(f"\n## {vid}: {_nodes(path)} nodes in the graph, {sum(opt.values())} after "
+          f"onnxruntime's fusions ({', '.join(f'{k} {c}' for k, c in opt.most_common())})")
+    print(f"# unprofiled run {plain:.1f} us; profiled: model_run {np.median(model):.1f} us, "
+          f"kernels {k_us:.1f} us ({len(kern) / n:.0f} per run)")
+    rows = [{"op": op, "nodes": c // n, "us/run": us, "share": us / k_us}
+            for op, (us, c) in sorted(by.items(), key=lambda kv: -kv[1][0])]
+    print(table(rows))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -159,6 +208,10 @@ def main(argv=None) -> int:
     ap.add_argument("--levels", action="store_true",
                     help="also time the standard form at ORT_ENABLE_BASIC")
     ap.add_argument("--budget", type=float, default=6.0, help="seconds per variant (default 6)")
+    ap.add_argument("--profile", metavar="IDS",
+                    help="instead: onnxruntime's profiler on these variants of the shipped "
+                         "bundle (e.g. b,ti): kernel time per op type vs the whole run")
+    ap.add_argument("--profile-runs", type=int, default=300)
     args = ap.parse_args(argv)
 
     import onnxruntime as ort
@@ -167,9 +220,20 @@ def main(argv=None) -> int:
     if args.prepare:
         print(f"# prepared {len(recs)} variants in {DIR}")
         return 0
+    import snrt
     from snrt.backends.tflite import TFLiteRunner
 
+    if args.profile:
+        for vid in args.profile.split(","):
+            profile(vid, args.profile_runs)
+        return 0
     peak = matmul_peak_gflops(args.rounds)
+    # the runtime on the shipped bundle (its graphs are the standard form: snrt-export regraph)
+    bundle = snrt.Bundle.open(snrt.default_bundle(), verify=False)
+    rt = snrt.Runtime(bundle, variants=list(DEFAULT_VARIANTS), tasks=[], verify=False)
+    print(f"# shipped bundle: {bundle.manifest.exports.get('onnx', {}).get('ops', 'decomposed')}"
+          " ops; snrt = Runtime.run(x, variant=...) on it, bare = InferenceSession with "
+          "default options (1 thread) on the same graph")
     print(f"# onnxruntime {ort.__version__}, 1 thread; one-MatMul peak {peak:.1f} GFLOP/s "
           "([197,384]x[384,1536])")
     rows = []
@@ -183,6 +247,13 @@ def main(argv=None) -> int:
         if args.levels:
             s = _session(r["graphs"]["standard"], ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
             fns["standard@basic"] = (lambda s=s, x=x: s.run(None, {"image": x}))
+        if r["family"] == "default":
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = 1
+            s = ort.InferenceSession(str(bundle.graph_path(r["variant"])), so,
+                                     providers=["CPUExecutionProvider"])
+            fns["bare"] = (lambda s=s, x=x: s.run(None, {"image": x}))
+            fns["snrt"] = (lambda v=r["variant"], x=x: rt.run(x, variant=v))
         tfl = TFLiteRunner(r["tflite"], threads=1, layout="NCHW")
         fns["tflite"] = lambda t=tfl, x=x: t.run(x)
         ms = _time(fns, args.rounds, args.budget)
@@ -193,6 +264,8 @@ def main(argv=None) -> int:
                "tflite ms": tf_ms}
         for ops in FORMS:
             row[f"{ops[:3]}/tfl"] = ms[ops] / tf_ms
+        row["bare/tfl"] = ms["bare"] / tf_ms if "bare" in ms else None
+        row["snrt/tfl"] = ms["snrt"] / tf_ms if "snrt" in ms else None
         if args.levels:
             row["std@basic/tfl"] = ms["standard@basic"] / tf_ms
         row["std/dec"] = ms["standard"] / ms["decomposed"]

@@ -1,7 +1,7 @@
 """The graphs' operator forms (snrt-export stitch --ops): the fused forms hold the fused
 kernels and fewer nodes, compute what timm computes (every variant of the tiny family), and
 share one weights.bin layout with the decomposed form; re-exporting a bundle's graphs
-(regraph_bundle) keeps its weights.bin byte-identical."""
+(regraph_bundle) keeps its weights.bin byte-identical (with tasks: tests/test_task_regraph.py)."""
 
 from __future__ import annotations
 
@@ -109,10 +109,11 @@ def test_regraph_keeps_weights_and_records(forms, tmp_path):
                                    atol=TOL)
 
 
-def test_regraph_refuses_bundles_with_tflite_or_tasks(forms, tmp_path, monkeypatch):
+def test_regraph_refuses_bundles_with_tflite(forms, tmp_path, monkeypatch):
     src = forms["decomposed"]
     m = src.manifest
     monkeypatch.setattr(m, "exports", {"tflite": {"fp32": {}}})
     monkeypatch.setattr(Bundle, "open", classmethod(lambda cls, *a, **k: src))
-    with pytest.raises(SnrtError, match="TFLite files or tasks"):
+    with pytest.raises(SnrtError, match="has TFLite files"):
         regraph_bundle(src.path, tmp_path / "x.snrt")
+    assert not (tmp_path / "x.snrt").exists()
