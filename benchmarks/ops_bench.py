@@ -4,6 +4,7 @@ GFLOP/s against a one-MatMul peak measured in the same run.
 
     python -m benchmarks.ops_bench --prepare          # build graphs + TFLite files (cached)
     flock /tmp/snrt-timing.lock python -m benchmarks.ops_bench [--rounds 25]
+    flock /tmp/snrt-timing.lock python -m benchmarks.ops_bench --profile ti,b  # per op type
 
 Variants: the shipped default family's ti, s, b and two stitches (graphs rebuilt from the
 bundle's weights in every form, one weights.bin) and DeiT-Ti / DeiT-S with random weights
