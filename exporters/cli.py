@@ -8,6 +8,7 @@
     snrt-export quantize deit.snrt --precision int8 [--images DIR|default]
     snrt-export tflite tasks.snrt --task faces --variants s --precisions fp32,int8
     snrt-export info deit.snrt [--expect-digest sha256:...] [--rewrite]
+    snrt-export regraph deit.snrt --ops standard|contrib|decomposed [--out new.snrt]
     snrt-export task deit.snrt --tuners faces.safetensors [--name faces] [--labels labels.txt]
         [--out copy.snrt]
     snrt-export --list
@@ -31,7 +32,8 @@ from snrt.variants import VariantSpace
 from snrt.version import __version__
 
 from . import subnet_cli
-from .onnx_export import AnchorFeatures, batched, export_onnx
+from .onnx_export import AnchorFeatures, batched, export_onnx, regraph_bundle
+from .onnx_graph import DEFAULT_OPS, OPS_FORMS
 from .registry import EXPORT_FORMATS
 
 log = logging.getLogger("snrt.export")
@@ -80,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--stride", type=int, default=1, help="window stride (default 1)")
     s.add_argument("--all-pairs", action="store_true",
                    help="stitch every anchor pair, not only neighbours (SN-Net nearest=False)")
+    s.add_argument("--ops", choices=sorted(OPS_FORMS), default=DEFAULT_OPS,
+                   help="operator form of the graphs (default %(default)s): "
+                        + "; ".join(f"{k}: {v}" for k, v in OPS_FORMS.items()))
     s.add_argument("--name", help="family name recorded in the bundle (default: from --out)")
     s.add_argument("--out", required=True, metavar="NAME.snrt", help="bundle directory to write")
     s.add_argument("--force", action="store_true", help="replace an existing bundle")
@@ -153,6 +158,19 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--n-inputs", type=int, default=8, help="verification inputs (default 8)")
     q.add_argument("--force", action="store_true", help="redo existing int8 graphs")
 
+    r = sub.add_parser(
+        "regraph", help="re-export a bundle's graphs in another operator form (--ops)",
+        description="Rebuild every graph of an SN-Net bundle from its own weights.bin in the "
+                    "operator form --ops; weights.bin stays byte-identical (checked), and the "
+                    "family, accuracies and provenance are kept (the step is appended to "
+                    "provenance.regraphs). Tasks come along (their piece graphs rebuilt in the "
+                    "same form, task_<name>.bin byte-identical). For bundles of ONNX graphs "
+                    "only (no TFLite files: export those again after).")
+    r.add_argument("bundle")
+    r.add_argument("--ops", choices=sorted(OPS_FORMS), default=DEFAULT_OPS,
+                   help="operator form (default %(default)s)")
+    r.add_argument("--out", metavar="NEW.snrt", help="write here (default: replace BUNDLE)")
+
     i = sub.add_parser("info", help="describe a bundle and verify its files",
                        description="Print a bundle's family, variants, files and manifest "
                                    "digest; verify the manifest and every file's sha256. Exits "
@@ -183,6 +201,12 @@ def main(argv: list[str] | None = None) -> int:
             return _stitch(args, argv)
         if args.command == "subnets":
             return subnet_cli.run(args, argv)
+        if args.command == "regraph":
+            m = regraph_bundle(args.bundle, args.out or args.bundle, ops=args.ops)
+            log.info("regraphed %s (%s ops): %d variants, %d pieces, %d tasks",
+                     args.out or args.bundle, args.ops, len(m.variants), len(m.pieces),
+                     len(m.tasks))
+            return 0
         if args.command == "info":
             return _info(args)
         if args.command == "tflite":
@@ -265,7 +289,7 @@ def _stitch(args, argv) -> int:
             f"{[(family.anchors[f].name, family.anchors[e].name) for f, e in missing]}: pass "
             "--stitch-weights CKPT (trained SN-Net) or --calibrate DIR (least-squares fit)")
     with BundleWriter(out) as writer:
-        manifest = export_onnx(family, space, writer, progress=not args.quiet)
+        manifest = export_onnx(family, space, writer, progress=not args.quiet, ops=args.ops)
         manifest.stitch_fit = fit_report
         manifest.provenance.update({
             "tool": "snrt-export stitch",

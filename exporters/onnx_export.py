@@ -17,10 +17,24 @@ from snrt.family import Family
 from snrt.progress import Progress
 from snrt.variants import Piece, VariantSpace
 
-from .onnx_graph import WEIGHTS_FILE, GraphBuilder, WeightStore
+from .onnx_graph import DEFAULT_OPS, OPS_FORMS, WEIGHTS_FILE, GraphBuilder, WeightStore, ops_opsets
 
 log = logging.getLogger(__name__)
 GRAPHS = "graphs"
+
+
+def onnx_export_record(ops: str) -> dict:
+    """manifest.exports["onnx"]: the operator form of the bundle's graphs."""
+    return {"ops": ops, "opsets": ops_opsets(ops), "description": OPS_FORMS[ops],
+            "onnxruntime": ort.__version__}
+
+
+def bundle_ops(manifest: Manifest) -> str:
+    """The operator form a bundle's graphs were exported in (bundles from before the option:
+    decomposed), so that pieces added later (tasks) match the bundle's opsets."""
+    rec = (manifest.exports or {}).get("onnx") or {}
+    ops = rec.get("ops", "decomposed") if isinstance(rec, dict) else "decomposed"
+    return ops if ops in OPS_FORMS else "decomposed"
 
 
 def _safe(s: str) -> str:
@@ -28,11 +42,13 @@ def _safe(s: str) -> str:
 
 
 def export_onnx(family: Family, space: VariantSpace, writer: BundleWriter, *,
-                progress: bool = True) -> Manifest:
+                progress: bool = True, ops: str = DEFAULT_OPS) -> Manifest:
     """Write every variant's graph and every piece's graph, sharing weights.bin; return the
-    manifest (without file hashes: the writer adds them on commit)."""
+    manifest (without file hashes: the writer adds them on commit). `ops`: the graphs' operator
+    form (exporters.onnx_graph.OPS_FORMS), recorded as manifest.exports["onnx"]; it does not
+    change weights.bin."""
     t0 = time.monotonic()
-    builder = GraphBuilder(family)
+    builder = GraphBuilder(family, ops=ops)
     depth = family.depth
     pieces: dict[str, tuple[Piece, PieceInfo]] = {}
     variants: list[VariantInfo] = []
@@ -83,6 +99,7 @@ def export_onnx(family: Family, space: VariantSpace, writer: BundleWriter, *,
                         "transposed": r.transposed}
                  for name, r in builder.store.records.items()},
         labels=family.labels,
+        exports={"onnx": onnx_export_record(ops)},
     )
     log.info("exported %d variants, %d pieces, %.1f MB weights in %.1fs", len(variants),
              len(pieces), builder.store.size / 1e6, time.monotonic() - t0)
@@ -137,3 +154,48 @@ def batched(images: Iterable[np.ndarray], batch_size: int) -> Iterable[np.ndarra
             buf = []
     if buf:
         yield np.stack(buf)
+
+
+def regraph_bundle(src, out, *, ops: str = DEFAULT_OPS, progress: bool = False) -> Manifest:
+    """Re-export a bundle's graphs in operator form `ops` from the bundle's own weights.bin
+    (Bundle.load_family), keeping weights.bin byte-identical (checked) and every other record
+    (family, accuracies, stitch fit, provenance, with this step appended). For bundles whose
+    source weights are gone (the shipped default). Tasks come along: their piece graphs are
+    rebuilt in `ops` from the tensors the bundle stores, task_<name>.bin byte-identical
+    (exporters.task_regraph). TFLite files are not carried over: such bundles are refused
+    (re-export those after)."""
+    import datetime as _dt
+
+    from snrt.bundle import Bundle
+    from snrt.errors import SnrtError
+    from snrt.fileio import sha256_file
+    from snrt.version import __version__
+
+    from .task_regraph import regraph_tasks
+
+    b = Bundle.open(src, verify=True)
+    old = b.manifest
+    if any(k != "onnx" for k in (old.exports or {})) or any(v.exports for v in old.variants) \
+            or any(t.exports for t in old.tasks):
+        raise SnrtError(f"{b.path}: has TFLite files; regraph a bundle of ONNX graphs only, "
+                        "then export those again")
+    family = b.load_family()
+    space = b.variant_space()
+    with BundleWriter(out) as w:
+        m = export_onnx(family, space, w, progress=progress, ops=ops)
+        rel = f"{GRAPHS}/{WEIGHTS_FILE}"
+        if w.files[rel]["sha256"] != sha256_file(b.file(rel)):
+            raise SnrtError(f"{b.path}: re-exported weights.bin differs from the bundle's; "
+                            "graphs not replaced")
+        if m.tensors != old.tensors:
+            raise SnrtError(f"{b.path}: re-exported tensor table differs; graphs not replaced")
+        m.tasks = regraph_tasks(b, family, w, ops)
+        m.family = old.family
+        m.stitch_fit = old.stitch_fit
+        m.provenance = dict(old.provenance)
+        m.provenance.setdefault("regraphs", []).append({
+            "tool": "exporters.onnx_export.regraph_bundle", "ops": ops,
+            "from_digest": old.digest, "snrt_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+        w.commit(m)
+    return m

@@ -15,6 +15,7 @@ from snrt.fileio import atomic_write_bytes
 from snrt.progress import Progress
 from snrt.variants.subnets import SUPERNET, SubnetSpace
 
+from .onnx_export import onnx_export_record
 from .onnx_graph import WEIGHTS_FILE
 from .subnet_graph import SubnetGraphBuilder
 
@@ -66,7 +67,7 @@ def export_subnets(net: Supernet, space: SubnetSpace, writer: BundleWriter, *,
         tensors={name: {"offset": r.offset, "shape": list(r.shape), "source": r.source,
                         "transposed": r.transposed}
                  for name, r in builder.store.records.items()},
-        labels=net.labels)
+        labels=net.labels, exports={"onnx": onnx_export_record(builder.ops)})
     log.info("exported %d pieces (any of %d subnets runnable, %d listed), %.1f MB weights in "
              "%.1fs", len(infos), space.size(), len(variants), builder.store.size / 1e6,
              time.monotonic() - t0)

@@ -32,7 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 from snrt.family.supernet import Supernet
 from snrt.variants.subnets import SUPERNET, SubnetSpace, SubPiece
 
-from .onnx_graph import OPSET, WEIGHTS_FILE, WeightStore
+from .onnx_graph import DEFAULT_OPS, WEIGHTS_FILE, WeightStore, ops_ir_version, ops_opsets
 
 VIEW = re.compile(r"(.+)\[(\d+):(\d+)\]$")
 _TRANSPOSED = ("attn.proj.weight", "mlp.fc2.weight", "head.weight")
@@ -40,10 +40,15 @@ _TRANSPOSED = ("attn.proj.weight", "mlp.fc2.weight", "head.weight")
 
 class SubnetGraphBuilder:
     """Piece (or whole-subnet) graphs over one WeightStore; inline=True embeds the sliced
-    arrays instead (a self-contained standalone ONNX file)."""
+    arrays instead (a self-contained standalone ONNX file). ops: "standard" (opset 23
+    Attention on the [B, heads, N, hd] q/k/v, Gelu) or "decomposed" (opset 17, as before);
+    onnxruntime's contrib form is for stitch families only."""
 
     def __init__(self, supernet: Supernet, space: SubnetSpace, store: WeightStore | None = None,
-                 *, inline: bool = False):
+                 *, inline: bool = False, ops: str = DEFAULT_OPS):
+        if ops not in ("standard", "decomposed"):
+            raise ValueError(f"subnet graphs take ops 'standard' or 'decomposed', not '{ops}'")
+        self.ops, self.opsets = ops, ops_opsets(ops)
         self.net, self.space = supernet, space
         self.store = store if store is not None else WeightStore()
         self.inline = inline
@@ -110,9 +115,10 @@ class SubnetGraphBuilder:
             [helper.make_tensor_value_info(out_name, TensorProto.FLOAT,
                                            self.space.piece_io_shape(last, "out"))],
             list(g.inits.values()) + list(g.consts.values()))
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in
+                                                        self.opsets.items()],
                                   producer_name="snrt", doc_string=doc)
-        model.ir_version = 8
+        model.ir_version = ops_ir_version(self.ops)
         return model
 
     def _embed(self, g: _G, p: SubPiece, image: str) -> str:
@@ -151,10 +157,13 @@ class SubnetGraphBuilder:
             y = g.op("Reshape", [y, g.const([-1, N, p.heads, hd])])
             qkv.append(g.op("Transpose", [y], perm=[0, 2, 1, 3]))  # [B, heads, N, hd]
         q, k, v = qkv
-        q = g.op("Mul", [q, g.const(np.float32(hd ** -0.5), np.float32)])
-        att = g.op("Softmax", [g.op("MatMul", [q, g.op("Transpose", [k], perm=[0, 1, 3, 2])])],
-                   axis=-1)
-        o = g.op("Transpose", [g.op("MatMul", [att, v])], perm=[0, 2, 1, 3])
+        if self.ops == "standard":  # 4-D inputs: heads from the shapes, scale 1/sqrt(hd)
+            o = g.op("Transpose", [g.op("Attention", [q, k, v])], perm=[0, 2, 1, 3])
+        else:
+            q = g.op("Mul", [q, g.const(np.float32(hd ** -0.5), np.float32)])
+            att = g.op("Softmax", [g.op("MatMul", [q, g.op("Transpose", [k],
+                                                           perm=[0, 1, 3, 2])])], axis=-1)
+            o = g.op("Transpose", [g.op("MatMul", [att, v])], perm=[0, 2, 1, 3])
         o = g.op("Reshape", [o, g.const([-1, a])])
         o = g.op("Gemm", [o, self._weight(g, pre + "attn.proj.weight", (0, a), W, s),
                           self.view(g, pre + "attn.proj.bias", 0, W)])
@@ -164,9 +173,13 @@ class SubnetGraphBuilder:
         h = self._ln(g, pre + "norm2", x2, W)
         h = g.op("Gemm", [h, self._weight(g, pre + "mlp.fc1.weight", (0, m), W, s),
                           self.view(g, pre + "mlp.fc1.bias", 0, m)], transB=1)
-        e = g.op("Erf", [g.op("Mul", [h, g.const(np.float32(1 / math.sqrt(2)), np.float32)])])
-        h = g.op("Mul", [g.op("Mul", [h, g.const(np.float32(0.5), np.float32)]),
-                         g.op("Add", [e, g.const(np.float32(1.0), np.float32)])])
+        if self.ops == "standard":
+            h = g.op("Gelu", [h], approximate="none")
+        else:
+            e = g.op("Erf", [g.op("Mul", [h, g.const(np.float32(1 / math.sqrt(2)),
+                                                     np.float32)])])
+            h = g.op("Mul", [g.op("Mul", [h, g.const(np.float32(0.5), np.float32)]),
+                             g.op("Add", [e, g.const(np.float32(1.0), np.float32)])])
         h = g.op("Gemm", [h, self._weight(g, pre + "mlp.fc2.weight", (0, m), W, s2),
                           self.view(g, pre + "mlp.fc2.bias", 0, W)])
         if c.layer_scale:

@@ -26,6 +26,10 @@ Graph form per kind (the math is in snrt.tuners; exact up to float rounding):
 - prompt: folded into a prefix at export (K, V = the k, v parts of qkv'(LN1(P)), LoRA included,
   computed in float64): the prompt tokens' own outputs are dropped at the block output, so they
   act on the sequence only as extra keys and values, and the L tokens' FFN is skipped.
+Operator form: the bundle's (manifest exports.onnx.ops, exporters.onnx_graph.OPS_FORMS), so a
+tuned block of a standard-form bundle is one Attention, Gelu and LayerNormalization kernel each,
+its tuners' MatMuls beside them; attention with extra keys/values stays spelled out.
+`snrt-export regraph` re-exports a bundle's task pieces in another form (exporters.task_regraph).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from snrt.manifest import WEIGHTS
 from snrt.tuners import Task, check_task
 from snrt.variants import Piece
 
+from .onnx_export import bundle_ops
 from .onnx_graph import _ALIGN_LARGE, _ALIGN_SMALL, _LARGE, GraphBuilder, _Nodes
 
 TASK_SEP = "@"
@@ -128,11 +133,16 @@ class TaskGraphBuilder(GraphBuilder):
     """GraphBuilder whose blocks carry a task's tuners and whose heads are the task's."""
 
     def __init__(self, family: Family, bundle_tensors: dict[str, dict], task: Task,
-                 graph_dir: str = GRAPH_DIR):
+                 graph_dir: str = GRAPH_DIR, *, ops: str = "decomposed"):
         rel = posixpath.relpath(WEIGHTS, graph_dir)
         store = _SplitStore(bundle_tensors, f"{task.name}/",
                             rel, posixpath.relpath(task_weights_file(task.name), graph_dir))
-        super().__init__(family, store)  # type: ignore[arg-type]
+        # ops: the bundle's operator form (its pieces and the task's are chained in one session,
+        # which needs one set of opsets); untuned blocks use its fused ops, tuned blocks its
+        # LayerNormalization and GELU, and its attention unless the block has extra keys/values
+        # (prefix, prompt: spelled out); in the contrib form a tuned block's attention is
+        # spelled out too (com.microsoft Attention holds the qkv projection a LoRA adds to)
+        super().__init__(family, store, ops=ops)  # type: ignore[arg-type]
         self.task = task
 
     # -- task tensors ------------------------------------------------------------------------
@@ -150,11 +160,6 @@ class TaskGraphBuilder(GraphBuilder):
         return super()._piece(g, p, x, pre)
 
     # -- pieces ------------------------------------------------------------------------------
-    def _gelu(self, g: _Nodes, h: str, pre: str) -> str:
-        e = g.op("Erf", [g.op("Mul", [h, g.const(1.0 / math.sqrt(2.0))], pre)], pre)
-        return g.op("Mul", [g.op("Mul", [h, g.const(0.5)], pre),
-                            g.op("Add", [e, g.const(1.0)], pre)], pre)
-
     def _extra_kv(self, anchor, i: int, t: dict[str, np.ndarray]):
         """(K, V) [L, D] appended to every head's keys and values: the prefix, then the prompt
         folded (k, v of qkv'(LN1(P)) in float64); None when the block has neither."""
@@ -181,10 +186,32 @@ class TaskGraphBuilder(GraphBuilder):
             return None
         return np.concatenate(ks), np.concatenate(vs)
 
+    def _attention_extra(self, g: _Nodes, c, qkv: str, extra, tk: str, pre: str) -> str:
+        """Attention with L constant extra keys/values (prefix, folded prompt), spelled out in
+        every form: broadcast MatMuls against the [1, H, d, L] keys^T and [1, H, L, d] values
+        (no per-batch Expand of the constants); [B, N, 3D] -> [B, N, D]."""
+        H, d, D, N = c.num_heads, c.head_dim, c.embed_dim, c.seq_len
+        qkv = g.op("Reshape", [qkv, g.const([0, 0, 3, H, d], np.int64)], pre)
+        qkv = g.op("Transpose", [qkv], pre, perm=[2, 0, 3, 1, 4])  # [3, B, H, N, d]
+        q, k, v = (g.op("Gather", [qkv, g.const(j, np.int64)], pre, axis=0) for j in range(3))
+        q = g.op("Mul", [q, g.const(1.0 / math.sqrt(d))], pre)
+        scores = g.op("MatMul", [q, g.op("Transpose", [k], pre, perm=[0, 1, 3, 2])], pre)
+        L = extra[0].shape[0]
+        kt = extra[0].reshape(L, H, d).transpose(1, 2, 0)[None]  # [1, H, d, L]
+        vx = extra[1].reshape(L, H, d).transpose(1, 0, 2)[None]  # [1, H, L, d]
+        s_x = g.op("MatMul", [q, self._t(g, tk + "kv_extra.key^T", kt)], pre)
+        att = g.op("Softmax", [g.op("Concat", [scores, s_x], pre, axis=-1)], pre, axis=-1)
+        a_self, a_x = (g.op("Slice", [att, g.const([lo], np.int64), g.const([hi], np.int64),
+                                      g.const([-1], np.int64)], pre)
+                       for lo, hi in ((0, N), (N, N + L)))
+        o = g.op("Add", [g.op("MatMul", [a_self, v], pre),
+                         g.op("MatMul", [a_x, self._t(g, tk + "kv_extra.value", vx)], pre)], pre)
+        o = g.op("Transpose", [o], pre, perm=[0, 2, 1, 3])
+        return g.op("Reshape", [o, g.const([0, 0, D], np.int64)], pre)
+
     def _tuned_block(self, g: _Nodes, anchor, i: int, t: dict[str, np.ndarray], x: str,
                      pre: str) -> str:
         c = anchor.config
-        H, d, D = c.num_heads, c.head_dim, c.embed_dim
         b = f"blocks.{i}."
         tk = f"tuners.{anchor.name}.blocks.{i}."
         h = self._layernorm(g, anchor, b + "norm1", x, pre)
@@ -195,29 +222,11 @@ class TaskGraphBuilder(GraphBuilder):
             a = g.op("MatMul", [a, self._t(g, tk + "lora.up.weight^T", t["lora.up.weight"].T)],
                      pre)
             qkv = g.op("Add", [qkv, a], pre)
-        qkv = g.op("Reshape", [qkv, g.const([0, 0, 3, H, d], np.int64)], pre)
-        qkv = g.op("Transpose", [qkv], pre, perm=[2, 0, 3, 1, 4])  # [3, B, H, N, d]
-        q, k, v = (g.op("Gather", [qkv, g.const(j, np.int64)], pre, axis=0) for j in range(3))
         extra = self._extra_kv(anchor, i, t)
-        q = g.op("Mul", [q, g.const(1.0 / math.sqrt(d))], pre)
-        scores = g.op("MatMul", [q, g.op("Transpose", [k], pre, perm=[0, 1, 3, 2])], pre)
-        if extra is None:
-            att = g.op("Softmax", [scores], pre, axis=-1)
-            o = g.op("MatMul", [att, v], pre)
-        else:  # the L extra keys/values are constants: broadcast MatMuls, no batch Expand
-            L, N = extra[0].shape[0], c.seq_len
-            kt = extra[0].reshape(L, H, d).transpose(1, 2, 0)[None]  # [1, H, d, L]
-            vx = extra[1].reshape(L, H, d).transpose(1, 0, 2)[None]  # [1, H, L, d]
-            s_x = g.op("MatMul", [q, self._t(g, tk + "kv_extra.key^T", kt)], pre)
-            att = g.op("Softmax", [g.op("Concat", [scores, s_x], pre, axis=-1)], pre, axis=-1)
-            a_self, a_x = (g.op("Slice", [att, g.const([lo], np.int64), g.const([hi], np.int64),
-                                          g.const([-1], np.int64)], pre)
-                           for lo, hi in ((0, N), (N, N + L)))
-            o = g.op("Add", [g.op("MatMul", [a_self, v], pre),
-                             g.op("MatMul", [a_x, self._t(g, tk + "kv_extra.value", vx)], pre)],
-                     pre)
-        o = g.op("Transpose", [o], pre, perm=[0, 2, 1, 3])
-        o = g.op("Reshape", [o, g.const([0, 0, D], np.int64)], pre)
+        if extra is None:  # the bundle's attention (one Attention kernel in the standard form)
+            o = self._attention(g, c, qkv, pre)
+        else:
+            o = self._attention_extra(g, c, qkv, extra, tk, pre)
         o = self._linear(g, anchor, b + "attn.proj", o, pre)
         if c.layer_scale:
             o = g.op("Mul", [o, self._w(g, anchor, b + "ls1.gamma")], pre)
@@ -323,7 +332,8 @@ def export_task_onnx(bundle: Bundle, task: Task, *, family: Family | None = None
     compute."""
     check_task(task, bundle)
     family = family if family is not None else bundle.load_family()
-    builder = TaskGraphBuilder(family, bundle.manifest.tensors, task)
+    builder = TaskGraphBuilder(family, bundle.manifest.tensors, task,
+                               ops=bundle_ops(bundle.manifest))
     space = bundle.variant_space()
     pieces: list[TaskPiece] = []
     for p, pid, model in _task_pieces(builder, family, task):
@@ -379,7 +389,8 @@ def variant_graph(bundle: Bundle, task: Task, variant: str, family: Family | Non
     (for saving beside them in graphs/ after export_task_onnx: verification, TFLite)."""
     family = family if family is not None else bundle.load_family()
     v = bundle.variant_space().get(variant)
-    builder = TaskGraphBuilder(family, bundle.manifest.tensors, task)
+    builder = TaskGraphBuilder(family, bundle.manifest.tensors, task,
+                               ops=bundle_ops(bundle.manifest))
     for _ in _task_pieces(builder, family, task):  # lay the task tensors out as exported
         pass
     return builder.graph(v.route.pieces(family.depth), f"{v.id}{TASK_SEP}{task.name}",

@@ -120,10 +120,12 @@ def test_piece_chain_equals_variant_graph(tiny_family):
         np.testing.assert_allclose(h, run_graph(b.graph_path(v), x), atol=1e-5)
 
 
+@pytest.mark.parametrize("ops", ["standard", "contrib", "decomposed"])
 @pytest.mark.parametrize("kind", ["deit3", "distilled", "avgpool"])
-def test_other_timm_vits_export_exactly(tmp_path, kind):
+def test_other_timm_vits_export_exactly(tmp_path, kind, ops):
     """DeiT III (layer scale, pos_embed without class token), distilled DeiT (dist token, two
-    heads averaged), avg-pool ViT with fc_norm: each as a two-anchor family."""
+    heads averaged), avg-pool ViT with fc_norm: each as a two-anchor family, in every
+    operator form (--ops)."""
     import torch
 
     from snrt.family import family_from_anchor_files
@@ -159,8 +161,9 @@ def test_other_timm_vits_export_exactly(tmp_path, kind):
     assert c.distilled == (kind == "distilled") and c.fc_norm == (kind == "avgpool")
     out = tmp_path / "b.snrt"
     assert main(["stitch", "--anchors", *map(str, paths), "--calibrate", str(_images(tmp_path)),
-                 "--out", str(out), "--quiet"]) == 0
+                 "--out", str(out), "--quiet", "--ops", ops]) == 0
     b = Bundle.open(out)
+    assert b.manifest.exports["onnx"]["ops"] == ops
     fam2 = b.load_family()
     layers = {k: [(s.weight, s.bias) for s in v] for k, v in fam2.stitch_layers.items()}
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
