@@ -318,7 +318,16 @@ class OrtBackend:
                 steps = fresh = [self._step(whole)]
                 self._task_whole.add(key)
             chain = [] if whole is not None else task.chain(variant.pieces, variant.anchors)
+            loc = posixpath.relpath(task.weights, "graphs")  # as the task's graphs name it
             for seg in self._task_segments(chain, task.name):
+                if self.share_tasks and any(p.endswith(f"@{task.name}") for p in seg):
+                    # one session per distinct graph, every task of that form (ort_tasks)
+                    st, new = self._shared.step(seg, [self.bundle.piece_path(p) for p in seg],
+                                                loc, task.name)
+                    if new:
+                        fresh.append(st)
+                    steps.append(st)
+                    continue
                 if len(seg) > 1:  # a run of pieces as one session, shared by every variant
                     if seg not in self._runs:  # with the same run
                         self._runs[seg] = self._run_step(seg)
@@ -326,15 +335,6 @@ class OrtBackend:
                     steps.append(self._runs[seg])
                     continue
                 (pid,) = seg
-                if self.share_tasks and pid.endswith(f"@{task.name}"):
-                    path = self.bundle.piece_path(pid)
-                    loc = posixpath.relpath(task.weights, posixpath.dirname(
-                        self.bundle.piece(pid).graph))
-                    st, new = self._shared.step(pid, path, loc)
-                    if new:
-                        fresh.append(st)
-                    steps.append(st)
-                    continue
                 if pid not in self._pieces:
                     self._pieces[pid] = self._step(self.bundle.piece_path(pid))
                     fresh.append(self._pieces[pid])
