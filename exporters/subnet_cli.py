@@ -67,15 +67,33 @@ def _ints(text: str, flag: str) -> list[int]:
         raise SnrtError(f"{flag} {text!r}: expected integers, e.g. 128,192 or 4-6") from None
 
 
-def _table(args, config, head_dim: int) -> dict:
+def _read_table(args) -> dict | None:
+    """The JSON space table of --space FILE (None for the built-in names)."""
     if args.space in ("poa", "ufo"):
+        return None
+    p = Path(args.space)
+    try:
+        t = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise SnrtError(f"--space {p}: cannot read a JSON space table ({e})") from None
+    if not isinstance(t, dict):
+        raise SnrtError(f"--space {p}: a space table is a JSON object")
+    return t
+
+
+def _head_dim(table: dict | None) -> int:
+    """head_dim of a table (64 for the built-in spaces): the supernet's heads are D / head_dim."""
+    hd = 64 if table is None else table.get("head_dim", 64)
+    if type(hd) is not int or hd <= 0:
+        raise SnrtError(f"--space: head_dim {hd!r} must be a positive integer")
+    return hd
+
+
+def _table(args, config, head_dim: int, table: dict | None = None) -> dict:
+    if table is None:
         t = builtin_table(args.space, config, head_dim)
     else:
-        p = Path(args.space)
-        try:
-            t = json.loads(p.read_text())
-        except (OSError, ValueError) as e:
-            raise SnrtError(f"--space {p}: cannot read a JSON space table ({e})") from None
+        t = table
     if args.widths or args.depths:
         if t.get("kind") != "poa":
             raise SnrtError("--widths/--depths apply to POA spaces only")
@@ -92,9 +110,11 @@ def run(args, argv) -> int:
     out = Path(args.out)
     if out.exists() and not args.force:
         raise SnrtError(f"{out} exists; pass --force to replace it")
-    net = load_supernet(args.supernet, name=args.name)
+    table = _read_table(args)
+    head_dim = _head_dim(table)
+    net = load_supernet(args.supernet, name=args.name, head_dim=head_dim)
     try:
-        space = SubnetSpace(net.config, _table(args, net.config, 64))
+        space = SubnetSpace(net.config, _table(args, net.config, head_dim, table))
     except SpaceSpecError as e:
         raise SnrtError(f"--space {args.space}: {e}") from None
     if args.standalone:

@@ -28,8 +28,21 @@ def default_bundle():
                           "regenerate it with tools/train_default_family.py")
     return p
 
+
+def elastic_bundle():
+    """Path of the bundled elastic family (the default family's `b` anchor made elastic,
+    POA-style; trained by tools/train_elastic_family.py)."""
+    from pathlib import Path
+
+    p = Path(__file__).parent / "data" / "elastic.snrt"
+    if not (p / "manifest.json").is_file():
+        raise BundleError(f"{p}: the elastic bundle is not installed; reinstall snrt or "
+                          "regenerate it with tools/train_elastic_family.py")
+    return p
+
+
 __all__ = [
     "Bundle", "BundleError", "FrameRecord", "InputError", "MissingExtraError", "ModelFileError",
     "Result", "Runtime", "SnrtError", "SwitchEvent", "UnknownVariantError", "UnsupportedModelError",
-    "VariantInfo", "__version__", "default_bundle",
+    "VariantInfo", "__version__", "default_bundle", "elastic_bundle",
 ]

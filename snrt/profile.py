@@ -647,11 +647,10 @@ def _unit_name(key: str) -> str:
 
 
 def resolve_bundle(arg: str) -> Path:
-    if arg == "default":
-        from . import default_bundle
+    """'default' / 'elastic' (the bundled families) or a bundle directory."""
+    from .multi_bundle import resolve
 
-        return default_bundle()
-    return Path(arg)
+    return resolve(arg)
 
 
 def main(argv: list[str] | None = None) -> int:

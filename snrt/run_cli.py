@@ -2,6 +2,11 @@
 
     snrt-run [BUNDLE] [--seconds 30] [--fps 30] [--threads 1] [--tables DIR]
              [--rank accuracy|flops]
+    snrt-run elastic        # the bundled elastic family (POA subnets of the default's `b`)
+
+BUNDLE: a bundle directory, `default` (SN-Net stitches of ti/s/b) or `elastic` (16 POA subnets
+w{48..96}d{6..12}, each with its measured top-1). One controller over both kinds at once:
+snrt.multi_bundle.MultiRuntime(["default", "elastic"]).
 
 1. opens and verifies the bundle, lists its variants (FLOPs, params, accuracy);
 2. looks up this device's lookup table (<device-id>.json) in `--tables` if given, then in the
@@ -58,8 +63,10 @@ def _samples(bundle):
 def parser() -> argparse.ArgumentParser:
     ap = cli_args.Parser(prog="snrt-run", description=__doc__,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("bundle", nargs="?", default="default",
-                    help="bundle directory, or 'default' (the bundled family)")
+    ap.add_argument("bundle", nargs="*", default=["default"],
+                    help="bundle directory, 'default' (the bundled stitched family) or 'elastic' "
+                         "(the bundled elastic subnets); several bundles run under one "
+                         "controller on one Pareto front (e.g. `snrt-run default elastic`)")
     ap.add_argument("--seconds", type=cli_args.number(0.1, 1e6, what="the seconds of "
                                                       "simulated battery life"),
                     default=30.0, help="simulated battery life (default 30)")
@@ -95,15 +102,17 @@ def _covered(table, key: str, threads: int, variants) -> list:
     return [v for v in variants if v.id not in have]
 
 
-def _find_table(first, dev, key: str, threads: int, variants):
+def _find_table(first, dev, key: str, threads: int, variants, shipped: bool = True):
     """(table, its path) from the first directory (snrt.paths.table_dirs: --tables, the
     user's data directory, the shipped tables) whose table for this device holds every
     variant at `threads`; (None, None) when none does. A damaged table is an error naming
     the file, the entry and the repair command (LookupTable.load)."""
     from .lookup_table import LookupTable
-    from .paths import table_dirs
+    from .paths import is_shipped, table_dirs
 
     for d in table_dirs(first):
+        if not shipped and is_shipped(d):
+            continue
         p = LookupTable.path_for(d, dev)
         if p.is_file():
             t = LookupTable.load(p)
@@ -116,6 +125,59 @@ def _table_accuracy(table, key: str, threads: int) -> dict:
     """{variant: top-1} the table's entries for `key` carry (e.g. evaluated subnets)."""
     return {e.variant: e.accuracy for e in table.select(key, "onnxruntime", "fp32", threads)
             if e.accuracy is not None}
+
+
+def _bundle_table(args, rt, dev, shipped: bool = True) -> tuple[dict, dict]:
+    """({variant: p50 ms}, {variant: top-1}) of one bundle from this device's lookup table,
+    profiling the variants it lacks first (quick protocol). `shipped=False` skips the tables
+    shipped with snrt: bundles run together compare latencies measured here, into one table."""
+    from .lookup_table import LookupTable, bundle_key
+    from .paths import is_shipped, user_tables_dir
+    from .profile import Profiler, Protocol
+
+    b = rt.bundle
+    print(f"bundle {b.path} — family {b.name}, {len(b.variants)} variants, "
+          f"loaded and warmed in {rt.load_seconds:.1f}s")
+    subnets = b.open_membership
+    for v in (v for v in b.variants if v.is_anchor):
+        top1 = f"{v.top1:.2f}%" if v.top1 is not None else "-"
+        print(f"  {'subnet' if subnets else 'anchor'} {v.id:4s} {v.flops / 1e6:9.1f} MFLOPs "
+              f"{v.params / 1e6:6.3f} M params  top-1 {top1}")
+    key = bundle_key(b)
+    table, tpath = _find_table(args.tables, dev, key, args.threads, b.variants, shipped)
+    if args.rank == "accuracy" and not any(v.top1 is not None for v in b.variants) and not (
+            table and _table_accuracy(table, key, args.threads)):
+        raise SnrtError(f"{b.path}: no variant has a measured top-1 accuracy (in the bundle or "
+                        "a lookup table), so the controller cannot rank them by accuracy; "
+                        "pass --rank flops to rank by FLOPs (a proxy: more FLOPs taken as more "
+                        "accurate)")
+    if table is None:
+        write_dir = args.tables
+        if write_dir is None or is_shipped(write_dir):
+            write_dir = user_tables_dir()
+        tpath = LookupTable.path_for(write_dir, dev)
+        if args.tables is not None and write_dir != args.tables:
+            print(f"{args.tables} holds the shipped tables (read-only)")
+        missing = (_covered(LookupTable.load(tpath), key, args.threads, b.variants)
+                   if tpath.is_file() else list(b.variants))
+        print(f"profiling {len(missing)} variants on {dev.id} -> {tpath}")
+        prof = Profiler(b.path, tpath, protocol=Protocol(runs=15, warmup=2, min_seconds=0.2,
+                                                         max_seconds=5), isolate=False)
+        prof.run(prof.plan(missing, ["onnxruntime"], ["fp32"], [args.threads]))
+        table = prof.table
+        failed = [e for e in table.entries if e.bundle == key and e.error is not None
+                  and e.threads == args.threads and e.backend == "onnxruntime"]
+        if failed:
+            raise SnrtError(f"{len(failed)} variants could not be measured "
+                            f"({failed[0].variant}: {failed[0].error}); {tpath} keeps them "
+                            "marked failed, rerun to measure them again")
+    else:
+        print(f"using lookup table {tpath}")
+    es = table.select(key, "onnxruntime", "fp32", args.threads)
+    base = {e.variant: e.p50_ms for e in es}
+    acc = {v.id: v.top1 for v in b.variants if v.top1 is not None} or _table_accuracy(
+        table, key, args.threads)
+    return base, acc
 
 
 def _paced_median_ms(rt, variant: str, x, period_ms: float, seconds: float = 1.0) -> float:
@@ -141,63 +203,38 @@ def _wait_for_frame(t_start: float, i: int, period_s: float, end_s: float = math
 def _run(args) -> int:
     from .controller import Controller, PolicyConfig
     from .device import describe_device
-    from .lookup_table import LookupTable, bundle_key
     from .monitor import SimulatedClock, SimulatedMonitor
-    from .paths import is_shipped, user_tables_dir
-    from .profile import Profiler, Protocol, resolve_bundle
+    from .profile import resolve_bundle
     from .runtime import Runtime
 
     t0 = time.monotonic()
-    path = resolve_bundle(args.bundle)
-    rt = Runtime(path, threads=args.threads)
-    b = rt.bundle
-    print(f"bundle {b.path} — family {b.name}, {len(b.variants)} variants, "
-          f"loaded and warmed in {rt.load_seconds:.1f}s")
-    subnets = b.open_membership
-    anchors = [v for v in b.variants if v.is_anchor]
-    for v in anchors:
-        acc = f"{v.top1:.2f}%" if v.top1 is not None else "-"
-        print(f"  {'subnet' if subnets else 'anchor'} {v.id:4s} {v.flops / 1e6:9.1f} MFLOPs "
-              f"{v.params / 1e6:6.3f} M params"
-              f"  top-1 {acc}")
-
-    # 2. this device's lookup table
-    dev = describe_device()
-    key = bundle_key(b)
-    table, tpath = _find_table(args.tables, dev, key, args.threads, b.variants)
-    if args.rank == "accuracy" and not any(v.top1 is not None for v in b.variants) and not (
-            table and _table_accuracy(table, key, args.threads)):
-        raise SnrtError(f"{b.path}: no variant has a measured top-1 accuracy (in the bundle or "
-                        "a lookup table), so the controller cannot rank them by accuracy; "
-                        "pass --rank flops to rank by FLOPs (a proxy: more FLOPs taken as more "
-                        "accurate)")
-    if table is None:
-        write_dir = args.tables
-        if write_dir is None or is_shipped(write_dir):
-            write_dir = user_tables_dir()
-        tpath = LookupTable.path_for(write_dir, dev)
-        if args.tables is not None and write_dir != args.tables:
-            print(f"{args.tables} holds the shipped tables (read-only)")
-        missing = (_covered(LookupTable.load(tpath), key, args.threads, b.variants)
-                   if tpath.is_file() else list(b.variants))
-        print(f"profiling {len(missing)} variants on {dev.id} -> {tpath}")
-        prof = Profiler(path, tpath, protocol=Protocol(runs=15, warmup=2, min_seconds=0.2,
-                                                       max_seconds=5), isolate=False)
-        prof.run(prof.plan(missing, ["onnxruntime"], ["fp32"], [args.threads]))
-        table = prof.table
-        failed = [e for e in table.entries if e.bundle == key and e.error is not None
-                  and e.threads == args.threads and e.backend == "onnxruntime"]
-        if failed:
-            raise SnrtError(f"{len(failed)} variants could not be measured "
-                            f"({failed[0].variant}: {failed[0].error}); {tpath} keeps them "
-                            "marked failed, rerun to measure them again")
+    paths = [resolve_bundle(a) for a in args.bundle]
+    if len(paths) == 1:
+        rt = Runtime(paths[0], threads=args.threads)
+        runtimes = [rt]
     else:
-        print(f"using lookup table {tpath}")
-    es = table.select(key, "onnxruntime", "fp32", args.threads)
-    base = {e.variant: e.p50_ms for e in es}
-    acc = {v.id: v.top1 for v in b.variants if v.top1 is not None} or _table_accuracy(
-        table, key, args.threads)
-    flops = {v.id: v.flops for v in b.variants}
+        from .multi_bundle import MultiRuntime
+
+        rt = MultiRuntime(paths, threads=args.threads)
+        runtimes = rt.runtimes
+    dev = describe_device()
+    base: dict[str, float] = {}
+    acc: dict[str, float] = {}
+    flops: dict[str, float] = {}
+    for r in runtimes:
+        b_base, b_acc = _bundle_table(args, r, dev, shipped=len(runtimes) == 1)
+        base.update(b_base)
+        acc.update(b_acc)
+        flops.update({v.id: v.flops for v in r.bundle.variants})
+    b = runtimes[0].bundle
+    if args.rank == "accuracy":
+        unranked = [r.bundle.path for r in runtimes
+                    if not any(v.id in acc for v in r.bundle.variants)]
+        if unranked:
+            raise SnrtError(f"{unranked[0]}: no variant has a measured top-1 accuracy (in the "
+                            "bundle or a lookup table), so the controller cannot rank them by "
+                            "accuracy; pass --rank flops to rank by FLOPs (a proxy: more FLOPs "
+                            "taken as more accurate)")
     score = acc if args.rank == "accuracy" else flops
     best = max(base, key=lambda k: (score.get(k, -math.inf), -base[k]))
     samples = _samples(b)

@@ -43,10 +43,12 @@ class Geometry:
     mlp_hidden: int
     num_classes: int = 0  # 0: no head, the output is the class token after the final norm
     layer_scale: bool = False
+    head_dim: int = HEAD_DIM  # POA: any fixed head width (the bundled elastic family's is 8)
+    in_chans: int = 3
 
     @property
     def num_heads(self) -> int:
-        return self.embed_dim // HEAD_DIM
+        return self.embed_dim // self.head_dim
 
     @property
     def tokens(self) -> int:
@@ -54,7 +56,8 @@ class Geometry:
 
 
 def _timm_vit(embed_dim: int, depth: int, img_size: int, patch_size: int, num_classes: int,
-              heads: list[int], hidden: list[int], layer_scale: bool):
+              heads: list[int], hidden: list[int], layer_scale: bool,
+              head_dim: int = HEAD_DIM, in_chans: int = 3):
     """A timm VisionTransformer whose block i has heads[i] 64-wide heads and an MLP hidden width
     hidden[i] (timm's Attention(attn_head_dim=64) and Mlp(hidden_features=...))."""
     import torch
@@ -65,11 +68,12 @@ def _timm_vit(embed_dim: int, depth: int, img_size: int, patch_size: int, num_cl
     # built on the meta device (no init cost); _load assigns every parameter from a state dict
     with torch.device("meta"):
         m = VisionTransformer(img_size=img_size, patch_size=patch_size, embed_dim=embed_dim,
+                              in_chans=in_chans,
                               depth=depth, num_heads=1, mlp_ratio=1.0, qkv_bias=True,
                               num_classes=num_classes, global_pool="token", class_token=True,
                               init_values=1e-5 if layer_scale else None, weight_init="skip")
         for blk, h, hm in zip(m.blocks, heads, hidden, strict=True):
-            blk.attn = Attention(embed_dim, num_heads=h, attn_head_dim=HEAD_DIM, qkv_bias=True)
+            blk.attn = Attention(embed_dim, num_heads=h, attn_head_dim=head_dim, qkv_bias=True)
             blk.mlp = Mlp(in_features=embed_dim, hidden_features=hm)
     return m.eval()
 
@@ -80,7 +84,8 @@ def supernet(geom: Geometry, seed: int):
     import torch
 
     m = _timm_vit(geom.embed_dim, geom.depth, geom.img_size, geom.patch_size, geom.num_classes,
-                  [geom.num_heads] * geom.depth, [geom.mlp_hidden] * geom.depth, geom.layer_scale)
+                  [geom.num_heads] * geom.depth, [geom.mlp_hidden] * geom.depth, geom.layer_scale,
+                  geom.head_dim, geom.in_chans)
     m = m.to_empty(device="cpu")
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -101,7 +106,8 @@ def state_dict_np(model) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
 
 
-def geometry_from_state_dict(sd: dict, layer_scale: bool | None = None) -> Geometry:
+def geometry_from_state_dict(sd: dict, layer_scale: bool | None = None,
+                             head_dim: int = HEAD_DIM) -> Geometry:
     """Geometry read from timm key names (what the contract says snrt reads from the keys)."""
     depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
     d = sd["patch_embed.proj.weight"].shape[0]
@@ -110,7 +116,8 @@ def geometry_from_state_dict(sd: dict, layer_scale: bool | None = None) -> Geome
     return Geometry(embed_dim=d, depth=depth, img_size=grid * p, patch_size=p,
                     mlp_hidden=sd["blocks.0.mlp.fc1.weight"].shape[0],
                     num_classes=sd["head.weight"].shape[0] if "head.weight" in sd else 0,
-                    layer_scale="blocks.0.ls1.gamma" in sd if layer_scale is None else layer_scale)
+                    layer_scale="blocks.0.ls1.gamma" in sd if layer_scale is None else layer_scale,
+                    head_dim=head_dim, in_chans=sd["patch_embed.proj.weight"].shape[1])
 
 
 def _load(model, sd: dict):
@@ -140,8 +147,8 @@ def poa_mlp_hidden(geom: Geometry, width: int) -> int:
 
 def poa_subnet_state_dict(sd: dict, geom: Geometry, width: int, depth: int) -> dict:
     """The standalone state dict of subnet (width, depth), timm key names, blocks renumbered."""
-    if width % HEAD_DIM or not 0 < width <= geom.embed_dim:
-        raise ValueError(f"width {width}: must be a multiple of {HEAD_DIM} "
+    if width % geom.head_dim or not 0 < width <= geom.embed_dim:
+        raise ValueError(f"width {width}: must be a multiple of {geom.head_dim} "
                          f"in (0, {geom.embed_dim}]")
     if not 0 < depth <= geom.depth:
         raise ValueError(f"depth {depth}: must be in [1, {geom.depth}]")
@@ -183,8 +190,8 @@ def poa_subnet_state_dict(sd: dict, geom: Geometry, width: int, depth: int) -> d
 def poa_subnet(sd: dict, geom: Geometry, width: int, depth: int):
     """The standalone timm model of POA subnet (width, depth)."""
     m = _timm_vit(width, depth, geom.img_size, geom.patch_size, geom.num_classes,
-                  [width // HEAD_DIM] * depth, [poa_mlp_hidden(geom, width)] * depth,
-                  geom.layer_scale)
+                  [width // geom.head_dim] * depth, [poa_mlp_hidden(geom, width)] * depth,
+                  geom.layer_scale, geom.head_dim, geom.in_chans)
     return _load(m, poa_subnet_state_dict(sd, geom, width, depth))
 
 

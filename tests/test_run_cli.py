@@ -1,5 +1,7 @@
 """snrt-run end to end on a small bundle: profile, then a controlled frame loop."""
 
+import pytest
+
 from snrt.lookup_table import LookupTable
 from snrt.run_cli import main
 
@@ -51,3 +53,24 @@ def test_a_long_frame_period_does_not_outlast_the_run(monkeypatch):
     run_cli._wait_for_frame(100.0, 1, 10.0, 1.0)
     run_cli._wait_for_frame(100.0, 1, 0.5, 1.0)
     assert slept == [1.0, 0.5]
+
+
+def test_snrt_run_refuses_bundles_that_read_frames_differently(tiny_family, tmp_path, capsys):
+    assert main([str(tiny_family["bundle"]), "elastic", "--seconds", "1", "--fps", "50",
+                 "--tables", str(tmp_path / "t"), "--rank", "flops"]) == 1
+    assert "preprocess or label their inputs differently" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_snrt_run_one_front_over_stitches_and_subnets(tmp_path, capsys):
+    """`snrt-run default elastic`: both bundles profiled into one table here (the shipped table
+    is skipped so that the two are measured alike), one controller over both kinds."""
+    tables = tmp_path / "tables"
+    assert main(["default", "elastic", "--seconds", "2", "--fps", "100",
+                 "--tables", str(tables)]) == 0
+    out = capsys.readouterr().out
+    assert "profiling 71 variants" in out and "profiling 16 variants" in out
+    t = LookupTable.load(next(tables.glob("*.json")))
+    assert {e.variant for e in t.entries} >= {"ti", "b", "w48d6", "w96d12"}
+    front = out.split("Pareto variants: ", 1)[1].splitlines()[0].split(", ")
+    assert front and all(v in {e.variant for e in t.entries} for v in front)
