@@ -16,8 +16,8 @@ are read-only and each call builds its own feed dict.
 
 from __future__ import annotations
 
-import functools
 import logging
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,7 +29,7 @@ from ..task_graphs import shared_graph
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(slots=True)
 class TaskStep:
     """A task piece: a shared session and the task's arrays it is fed with."""
 
@@ -39,36 +39,39 @@ class TaskStep:
     feeds: dict[str, np.ndarray] = field(default_factory=dict)
     key: str = ""  # the shared graph's sha256 (which session)
     task: str = ""
+    plan: tuple | None = None  # TaskChainExecutor's (run, outputs, input, feeds), made once
 
 
 def _plan(step) -> tuple:
     """(run, outputs, input name, feeds or None) of a step, made once per step. A task step
-    calls the session's C++ run directly: InferenceSession.run checks every feed name in
-    Python first, ~6 us for a tuned block's 5 inputs (measured: 74 vs 68 us per block of s,
-    against 66 us for the plain block); the feeds are built here with the graph's own names."""
-    p = getattr(step, "_plan", None)
-    if p is None:
-        feeds = getattr(step, "feeds", None) or None
+    calls the session's C++ run (run(outputs, feeds, None)) directly: InferenceSession.run
+    checks every feed name in Python first, ~6 us for a tuned block's 5 inputs (measured: 74 vs
+    68 us per block of s, against 66 us for the plain block); the feeds are built here with the
+    graph's own names."""
+    task = isinstance(step, TaskStep)
+    p = step.plan if task else getattr(step, "_plan", None)
+    if p is not None:
+        return p
+    if task:
         inner = getattr(step.session, "_sess", None)
-        run = step.session.run
-        if feeds is not None and callable(getattr(inner, "run", None)):
-            run = functools.partial(_inner_run, inner.run)
-        p = step._plan = (run, [step.output_name], step.input_name, feeds)
+        run = inner.run if callable(getattr(inner, "run", None)) else step.session.run
+        p = step.plan = (run, [step.output_name], step.input_name, step.feeds or {})
+    else:  # a plain piece (snrt.backends.ort._Step)
+        p = step._plan = (step.session.run, [step.output_name], step.input_name, None)
     return p
-
-
-def _inner_run(run, outs, feeds):
-    return run(outs, feeds, None)
 
 
 class TaskChainExecutor:
     """A variant with a task: a chain of plain steps and task steps (same interface as
-    snrt.backends.ort.ChainExecutor)."""
+    snrt.backends.ort.ChainExecutor). One per (variant, task): kept small (slots, tuples,
+    one plan tuple per step shared by every executor that runs it)."""
 
-    def __init__(self, variant, steps: list):
+    __slots__ = ("variant", "steps", "_plan")
+
+    def __init__(self, variant, steps):
         self.variant = variant
-        self.steps = steps
-        self._plan = [_plan(s) for s in steps]  # one tuple per step, shared by executors
+        self.steps = tuple(steps)
+        self._plan = tuple(_plan(s) for s in steps)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         h = batch
@@ -78,7 +81,7 @@ class TaskChainExecutor:
             else:
                 f = dict(feeds)
                 f[name] = h
-                h = run(outs, f)[0]
+                h = run(outs, f, None)[0]
         return h
 
 
@@ -118,12 +121,13 @@ class SharedTaskSteps:
                 raise BundleError(f"{where}: a task tensor reads past the end of {f.location}; "
                                   "re-export the task")
             # one read-only array over the task file's mmap (no copy, no intermediate view)
-            feeds[f.input] = np.ndarray(f.dims, np.float32, buffer=mm, offset=f.offset)
+            feeds[sys.intern(f.input)] = np.ndarray(f.dims, np.float32, buffer=mm, offset=f.offset)
         sess = self.sessions.get(sg.key)
         fresh = sess is None
         if fresh:
             sess = self.sessions[sg.key] = self._open(sg, path, where)
-        st = self.steps[seg] = TaskStep(sess, sg.input, sg.output, feeds, sg.key, task)
+        st = self.steps[seg] = TaskStep(sess, sys.intern(sg.input), sys.intern(sg.output),
+                                        feeds, sys.intern(sg.key), task)
         return st, fresh
 
     def _open(self, sg, path, where: str) -> ort.InferenceSession:
