@@ -322,8 +322,9 @@ class OrtBackend:
             for seg in self._task_segments(chain, task.name):
                 if self.share_tasks and any(p.endswith(f"@{task.name}") for p in seg):
                     # one session per distinct graph, every task of that form (ort_tasks)
-                    st, new = self._shared.step(seg, [self.bundle.piece_path(p) for p in seg],
-                                                loc, task.name)
+                    st, new = self._shared.step(
+                        seg, lambda seg=seg: [self.bundle.piece_path(p) for p in seg], loc,
+                        task.name)
                     if new:
                         fresh.append(st)
                     steps.append(st)

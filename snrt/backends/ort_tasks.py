@@ -96,14 +96,15 @@ class SharedTaskSteps:
         self.sessions: dict[str, ort.InferenceSession] = {}  # shared graph sha256 -> session
         self.steps: dict[tuple[str, ...], TaskStep] = {}  # task pieces -> their step
 
-    def step(self, seg: tuple[str, ...], paths: list, location: str,
+    def step(self, seg: tuple[str, ...], paths, location: str,
              task: str) -> tuple[TaskStep, bool]:
-        """The step of the consecutive pieces `seg` of `task` (their graphs `paths`, chained
+        """The step of the consecutive pieces `seg` of `task` (paths(): their graphs, chained
         into one model when several: snrt.onnx_compose; the task's tensors in `location`
         beside them); True when this opened a new session."""
         st = self.steps.get(seg)
         if st is not None:
             return st, False
+        paths = paths()
         path = paths[0]
         where = str(path) if len(paths) == 1 else f"{path} .. {paths[-1].name}"
         if len(paths) == 1:
