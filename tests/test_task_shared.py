@@ -81,6 +81,13 @@ def test_pieces_placement_tasks_of_one_form_share_every_session(setup):
             r.switch("s", task="one")
             r.switch("ti>s@5:6", task="two")
         assert r._backend.session_count == n
+        # forgetting every variant releases the shared sessions with the last step using them
+        shared = r._backend._shared
+        for vid in READY[:-1]:
+            r._backend.unload(bundle.variant(vid))
+        assert len(shared.sessions) == 17  # ti>s@5:6 runs every tuned block, not the ti head
+        r._backend.unload(bundle.variant(READY[-1]))
+        assert not shared.sessions and not shared.steps
 
 
 def test_graphs_placement_one_chain_per_variant_for_every_task_of_a_form(setup):
