@@ -21,6 +21,7 @@ docs/runtime-design.md):
 from __future__ import annotations
 
 import logging
+import posixpath
 import threading
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ import onnxruntime as ort
 
 from ..bundle import Bundle, VariantInfo
 from ..errors import BundleError, SnrtError
+from .ort_tasks import SharedTaskSteps, TaskChainExecutor, TaskStep, warm
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +116,7 @@ class OrtBackend:
                  variants: list[VariantInfo] | None = None, precision: str = "fp32",
                  shared_arena: bool = True, prepack: bool = True,
                  share_weights: bool = False, merge_tasks: bool | str = "auto",
-                 task_prepack: bool = False):
+                 task_prepack: bool = False, share_tasks: bool = True):
         if placement not in PLACEMENTS:
             raise SnrtError(f"unknown placement '{placement}'; choose from {PLACEMENTS}")
         if precision not in bundle.precisions:
@@ -137,6 +139,12 @@ class OrtBackend:
         self.merge_tasks = merge_tasks
         self._merge_decided: dict[str, bool] = {}
         self.task_prepack = task_prepack
+        # tasks, piece by piece: one session per distinct task piece graph with the task's
+        # tensors as inputs, shared by every task of that form (snrt.backends.ort_tasks);
+        # False: one session per task piece, the task's tensors as its initializers
+        self.share_tasks = share_tasks
+        self._shared = SharedTaskSteps(
+            lambda: session_options(self.threads, self.shared_arena, self.prepack), self._mmap)
         planned = variants if variants is not None else bundle.variants
         if any(v.graph is None for v in planned) or \
                 bundle.open_membership:
@@ -158,6 +166,13 @@ class OrtBackend:
     def info(self) -> dict:
         return {"backend": self.name, "version": ort.__version__, "placement": self.placement,
                 "threads": self.threads, "sessions": self.session_count}
+
+    def _mmap(self, path) -> np.memmap:
+        """One read-only mmap per bundle data file (keyed by its name in graphs/)."""
+        mm = self._mmaps.get(path.name)
+        if mm is None:
+            mm = self._mmaps[path.name] = np.memmap(path, dtype=np.uint8, mode="r")
+        return mm
 
     def _shared_initializers(self, path, buf: bytes | None = None, prefix: str = "",
                              every_file: bool = False) -> dict:
@@ -236,6 +251,8 @@ class OrtBackend:
         +40 MB piece by piece (measured, 2 adapter tasks, graphs placement)."""
         if self.merge_tasks != "auto":
             return bool(self.merge_tasks)
+        if self.share_tasks and self.placement == "pieces":
+            return False  # shared piece sessions serve every further task (ort_tasks)
         decided = self._merge_decided.get(task)
         if decided is None:
             t = self.bundle.task(task)
@@ -313,7 +330,17 @@ class OrtBackend:
                 steps = fresh = [self._step(whole)]
                 self._task_whole.add(key)
             chain = [] if whole is not None else task.chain(variant.pieces, variant.anchors)
+            loc = posixpath.relpath(task.weights, "graphs")  # as the task's graphs name it
             for seg in self._task_segments(chain, task.name):
+                if self.share_tasks and any(p.endswith(f"@{task.name}") for p in seg):
+                    # one session per distinct graph, every task of that form (ort_tasks)
+                    st, new = self._shared.step(
+                        seg, lambda seg=seg: [self.bundle.piece_path(p) for p in seg], loc,
+                        task.name)
+                    if new:
+                        fresh.append(st)
+                    steps.append(st)
+                    continue
                 if len(seg) > 1:  # a run of pieces as one session, shared by every variant
                     if seg not in self._runs:  # with the same run
                         self._runs[seg] = self._run_step(seg)
@@ -327,14 +354,16 @@ class OrtBackend:
                 steps.append(self._pieces[pid])
             for step in fresh:
                 self._warm(step)
-            ex = ChainExecutor(variant, steps)
+            ex = TaskChainExecutor(variant, steps) if any(
+                isinstance(s, TaskStep) for s in steps) else ChainExecutor(variant, steps)
             self._task_executors[key] = ex
             return ex
 
     @property
     def session_count(self) -> int:
         """onnxruntime sessions open now (pieces, and whole graphs in the graphs placement)."""
-        return len(self._pieces) + len(self._runs) + len(self._task_whole) + (
+        return len(self._pieces) + len(self._runs) + len(self._task_whole) + \
+            len(self._shared.sessions) + (
             len(self._executors) if self.placement == "graphs" else 0)
 
     def task_session_count(self, task: str) -> int:
@@ -343,10 +372,12 @@ class OrtBackend:
         suffix = f"@{task}"
         return sum(1 for pid in self._pieces if pid.endswith(suffix)) + \
             sum(1 for seg in self._runs if any(p.endswith(suffix) for p in seg)) + \
-            sum(1 for _, t in self._task_whole if t == task)
+            sum(1 for _, t in self._task_whole if t == task) + self._shared.own_sessions(task)
 
     @staticmethod
     def _warm(step: _Step, runs: int = 2) -> None:
+        if isinstance(step, TaskStep):
+            return warm(step, runs)
         shape = [1 if not isinstance(d, int) else d for d in step.session.get_inputs()[0].shape]
         x = np.zeros(shape, np.float32)
         for _ in range(runs):
@@ -368,6 +399,7 @@ class OrtBackend:
                 del self._pieces[pid]
             for seg in [g for g, s in self._runs.items() if id(s) not in used]:
                 del self._runs[seg]
+            self._shared.release(used)
 
     def close(self) -> None:
         with self._lock:
@@ -376,3 +408,4 @@ class OrtBackend:
             self._task_whole.clear()
             self._pieces.clear()
             self._runs.clear()
+            self._shared.clear()
