@@ -7,7 +7,6 @@ min(0, min x)) / 255, zero point = round(-min / scale); MatMulInteger: exact int
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
