@@ -2,6 +2,11 @@
 
     flock /tmp/snrt-timing.lock python -m benchmarks.precision_bench [--rounds 20] [--no-tflite]
         [--no-memory] [--no-static]
+    flock /tmp/snrt-timing.lock python -m benchmarks.precision_bench --kernels
+
+`--kernels`: only DeiT-S's four MatMul shapes alone, fp32 against snrt's int8 pattern with
+full-range and 7-bit weights (CPU time and error; why the weights are 7-bit, see
+exporters/quantize.py WEIGHT_QMAX). The CPU's AVX/VNNI flags are printed with every table.
 
 For the default family (a quantized copy in build/, snrt-export quantize) and DeiT-Ti/S/B
 with random weights (timm key names and shapes, benchmarks.common; 71 variants: three anchors
