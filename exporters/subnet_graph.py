@@ -35,6 +35,7 @@ from snrt.variants.subnets import SUPERNET, SubnetSpace, SubPiece
 from .onnx_graph import DEFAULT_OPS, WEIGHTS_FILE, WeightStore, ops_ir_version, ops_opsets
 
 VIEW = re.compile(r"(.+)\[(\d+):(\d+)\]$")
+SUBNET_OPS = ("standard", "decomposed")  # the operator forms subnet graphs are built in
 _TRANSPOSED = ("attn.proj.weight", "mlp.fc2.weight", "head.weight")
 
 
@@ -46,8 +47,8 @@ class SubnetGraphBuilder:
 
     def __init__(self, supernet: Supernet, space: SubnetSpace, store: WeightStore | None = None,
                  *, inline: bool = False, ops: str = DEFAULT_OPS):
-        if ops not in ("standard", "decomposed"):
-            raise ValueError(f"subnet graphs take ops 'standard' or 'decomposed', not '{ops}'")
+        if ops not in SUBNET_OPS:
+            raise ValueError(f"subnet graphs take ops {' or '.join(SUBNET_OPS)}, not '{ops}'")
         self.ops, self.opsets = ops, ops_opsets(ops)
         self.net, self.space = supernet, space
         self.store = store if store is not None else WeightStore()
