@@ -1,6 +1,6 @@
 """Subnet operator forms side by side: an elastic-subnet bundle regraphed into each form subnet
 graphs take (exporters.subnet_graph.SUBNET_OPS: decomposed, standard), each subnet run through
-snrt.Runtime (1 thread) in interleaved rounds, beside the default family's stitches in the
+snrt.Runtime (1 thread) in interleaved rounds together with the default family's stitches in the
 shipped (standard) bundle for the Pareto comparison; node counts of each subnet's chain.
 
     flock /tmp/snrt-timing.lock python -m benchmarks.subnet_ops_bench \\
@@ -24,11 +24,14 @@ from benchmarks.ops_bench import _time
 DIR = CACHE / "subnet-ops-bench"
 
 
-def _chain_nodes(bundle, vid: str) -> int:
+def _nodes(path) -> int:
     import onnx
 
-    return sum(len(onnx.load(str(bundle.piece_path(p)), load_external_data=False).graph.node)
-               for p in bundle.variant(vid).pieces)
+    return len(onnx.load(str(path), load_external_data=False).graph.node)
+
+
+def _chain_nodes(bundle, vid: str) -> int:
+    return sum(_nodes(bundle.piece_path(p)) for p in bundle.variant(vid).pieces)
 
 
 def main(argv=None) -> int:
@@ -53,28 +56,32 @@ def main(argv=None) -> int:
     vids = [v for v in args.variants.split(",") if v]
     rts = {ops: snrt.Runtime(b, variants=vids, threads=1) for ops, b in forms.items()}
     x = np.zeros([1, *forms["standard"].manifest.input["shape"][1:]], np.float32)
-    rows = []
-    for vid in vids:
-        fns = {ops: (lambda rt=rt, v=vid: rt.run(x, variant=v)) for ops, rt in rts.items()}
-        ms = _time(fns, args.rounds, args.budget)
-        b = forms["standard"]
-        rows.append({"variant": f"subnet {vid}", "MFLOPs": b.variant(vid).flops / 1e6,
-                     "nodes dec/std": "/".join(str(_chain_nodes(forms[o], vid))
-                                               for o in ("decomposed", "standard")),
-                     "decomposed ms": ms["decomposed"], "standard ms": ms["standard"],
-                     "std/dec": ms["standard"] / ms["decomposed"]})
-        print(f"# {vid}: {ms['decomposed']:.3f} -> {ms['standard']:.3f} ms", flush=True)
+    fns = {(ops, vid): (lambda rt=rt, v=vid: rt.run(x, variant=v))
+           for vid in vids for ops, rt in rts.items()}
     sts = [v for v in args.stitches.split(",") if v]
     if sts:
         d = snrt.Bundle.open(snrt.default_bundle(), verify=False)
-        rt = snrt.Runtime(d, variants=sts, tasks=[], threads=1)
-        ms = _time({v: (lambda v=v: rt.run(x, variant=v)) for v in sts}, args.rounds,
-                   args.budget)
+        srt = snrt.Runtime(d, variants=sts, tasks=[], threads=1)
         form = (d.manifest.exports.get("onnx") or {}).get("ops", "decomposed")
-        for v in sts:
-            rows.append({"variant": f"stitch {v} ({form})", "MFLOPs": d.variant(v).flops / 1e6,
-                         "nodes dec/std": str(_chain_nodes(d, v)),
-                         "decomposed ms": None, "standard ms": ms[v], "std/dec": None})
+        fns.update({("stitch", v): (lambda v=v: srt.run(x, variant=v)) for v in sts})
+    ms = _time(fns, args.rounds, args.budget * (len(vids) + len(sts)))  # one interleaved run
+    rows = []
+    for vid in vids:
+        b = forms["standard"]
+        rows.append({"variant": f"subnet {vid}", "MFLOPs": b.variant(vid).flops / 1e6,
+                     "pieces": len(b.variant(vid).pieces),
+                     "nodes dec/std": "/".join(str(_chain_nodes(forms[o], vid))
+                                               for o in ("decomposed", "standard")),
+                     "decomposed ms": ms[("decomposed", vid)],
+                     "standard ms": ms[("standard", vid)],
+                     "std/dec": ms[("standard", vid)] / ms[("decomposed", vid)]})
+    whole = sts and srt.stats()["backend"]["placement"] == "graphs"  # one session each
+    for v in sts:
+        nodes = _nodes(d.graph_path(v)) if whole else _chain_nodes(d, v)
+        rows.append({"variant": f"stitch {v} ({form})", "MFLOPs": d.variant(v).flops / 1e6,
+                     "pieces": 1 if whole else len(d.variant(v).pieces),
+                     "nodes dec/std": str(nodes),
+                     "decomposed ms": None, "standard ms": ms[("stitch", v)], "std/dec": None})
     print("\n## snrt.Runtime.run, 1 thread, median ms per call (interleaved rounds)")
     print(table(rows))
     return 0
