@@ -176,3 +176,35 @@ def test_regraph_refuses_what_it_cannot_rebuild(spaces, tmp_path, monkeypatch):
     with pytest.raises(SnrtError, match="kind 'tuners'"):
         regraph_bundle(src.path, tmp_path / "k.snrt")
     assert not (tmp_path / "t.snrt").exists() and not (tmp_path / "k.snrt").exists()
+
+
+def test_whole_subnet_graphs_are_rebuilt_too(spaces, tmp_path):
+    """A subnet bundle may hold a whole graph for a listed subnet (export_subnets(graphs=));
+    regraph rebuilds it in the new form at the same path, over the same weights.bin."""
+    import onnxruntime as ort
+
+    from exporters.subnet_export import export_subnets, supernet_from_bundle
+    from snrt.bundle import BundleWriter
+
+    sp = spaces["poa"]
+    src = sp["forms"]["standard"]
+    space = src.variant_space()
+    space.add_listed([v.id for v in src.variants])
+    rel = "graphs/v_w128d5.onnx"
+    with BundleWriter(tmp_path / "whole.snrt") as w:
+        w.commit(export_subnets(supernet_from_bundle(src), space, w, progress=False,
+                                graphs={"w128d5": rel}))
+    b = Bundle.open(tmp_path / "whole.snrt")
+    assert b.variant("w128d5").graph == rel
+    assert b.manifest.files[WEIGHTS] == src.manifest.files[WEIGHTS]
+    out = regraph_bundle(b.path, tmp_path / "whole.dec.snrt", ops="decomposed")
+    dec = Bundle.open(tmp_path / "whole.dec.snrt")
+    assert dec.variant("w128d5").graph == rel and out.files[WEIGHTS] == b.manifest.files[WEIGHTS]
+    assert _ops(dec.graph_path("w128d5"))["Softmax"] == 5 and \
+        _ops(b.graph_path("w128d5"))["Attention"] == 5
+    x = _x(2, seed=3)
+    want = R.forward(_reference(sp, "w128d5"), x)
+    for bundle in (b, dec):
+        s = ort.InferenceSession(str(bundle.graph_path("w128d5")),
+                                 providers=["CPUExecutionProvider"])
+        assert float(np.abs(s.run(None, {"image": x})[0] - want).max()) <= TOL
