@@ -88,4 +88,3 @@ def regraph_bundle(src: str | os.PathLike, out: str | os.PathLike, *, ops: str =
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}]
         w.commit(m)
     return m
-
