@@ -20,13 +20,16 @@ out: their values do not set the latency, and weights.bin is in the bundle key a
 
 An entry is stale for a bundle (`stale_reason`) when
 - it records `graphs` and the bundle's digest for it now differs; or
-- it records none (tables written before schema version 4), it is an onnxruntime entry and the
-  bundle's manifest records a regraph (provenance.regraphs): the entry may have been measured
-  before it, on the old graphs, and nothing tells which. TFLite entries without a record are
-  kept: .tflite files are built from the weights in TensorFlow ops (exporters/tflite_export.py),
-  not from the ONNX graphs, and a regraph refuses bundles that have any (re-export after).
-  An unrecorded entry of a bundle never regraphed is kept too (nothing says otherwise; profile
-  again with --fresh when in doubt).
+- it records none (tables written before schema version 4), it is an onnxruntime entry that
+  snrt-profile measured (it has a `timestamp`) or predicted, and the bundle's manifest records
+  a regraph (provenance.regraphs): it may have been measured on the graphs before the regraph
+  (the shipped table was), or on a copy of the bundle that still has them, and nothing tells
+  which, so it is not trusted, whenever it was measured. Entries without a timestamp that are
+  not predictions were put by hand (an app's or a test's own figures) and are kept.
+  TFLite entries without a record are kept: .tflite files are built from the weights in
+  TensorFlow ops (exporters/tflite_export.py), not from the ONNX graphs, and a regraph refuses
+  bundles that have any (export them again after). An unrecorded entry of a bundle never
+  regraphed is kept too (nothing says otherwise; profile again with --fresh when in doubt).
 When the bundle records no file for an entry (a TFLite entry looked up for an ONNX-only copy of
 the bundle) nothing can be compared and the entry is kept: such a bundle cannot run it anyway.
 
@@ -94,11 +97,6 @@ def graphs_digest(bundle, variant: str, backend: str, precision: str = "fp32",
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:DIGEST_CHARS]
 
 
-def regraphed(bundle) -> bool:
-    """Whether the bundle's manifest records a regraph of its ONNX graphs."""
-    return bool((bundle.manifest.provenance or {}).get("regraphs"))
-
-
 def stale_reason(entry: Entry, bundle) -> str | None:
     """Why `entry` no longer describes `bundle` (module docstring), or None when it does (or
     nothing can be compared)."""
@@ -107,9 +105,14 @@ def stale_reason(entry: Entry, bundle) -> str | None:
         if now is not None and now != entry.graphs:
             return f"measured on other graphs (recorded {entry.graphs}, the bundle's now {now})"
         return None
-    if entry.backend == "onnxruntime" and regraphed(bundle):
-        return ("measured without a record of its graphs, and the bundle's ONNX graphs were "
-                "rebuilt (manifest provenance.regraphs), possibly after it was measured")
+    if entry.backend == "onnxruntime" and (entry.timestamp or entry.predicted):
+        regraphs = (bundle.manifest.provenance or {}).get("regraphs") or []
+        if regraphs:
+            when = regraphs[-1].get("created") or "?"
+            how = (f"measured {entry.timestamp}" if entry.timestamp else "predicted")
+            return (f"{how} without a record of its graphs; the bundle's ONNX graphs were "
+                    f"rebuilt on {when} (manifest provenance.regraphs), so it may describe "
+                    "the graphs from before")
     return None
 
 
