@@ -11,7 +11,9 @@ snrt.multi_bundle.MultiRuntime(["default", "elastic"]).
 1. opens and verifies the bundle, lists its variants (FLOPs, params, accuracy);
 2. looks up this device's lookup table (<device-id>.json) in `--tables` if given, then in the
    per-user data directory, then in the tables shipped with snrt (read-only), and uses the
-   first that holds every variant at `--threads`; otherwise profiles the missing variants
+   first that holds every variant at `--threads` measured on the bundle's graphs (entries
+   of graphs it no longer has, e.g. before `snrt-export regraph`, are stale: one warning,
+   snrt.lut_graphs); otherwise profiles the missing and stale variants
    (quick protocol) into `--tables`, or by default into the per-user data directory
    (snrt.paths: $SNRT_DATA_DIR, else e.g. ~/.local/share/snrt/lookup_tables/). A run never
    writes into the repository's lookup_tables/ or the installed package;
