@@ -152,7 +152,7 @@ def _front(args, bundle, space, model, data, store) -> None:
         # is all measured (snrt.front_search.refine_front)
         def fit(measured):
             m = AccuracyModel(space).fit(measured)
-            return lambda ids: (m.predict(ids)[0], lat_model.predict(ids)[0])
+            return lambda ids: (m.predict(ids)[0], lat_model.latency(ids))  # as the table
 
         done = {k: r["top1"] for k, r in store.measured().items()}
         ref = refine_front(space, fit, lambda v: measure_one(v)["top1"], done, settings,
@@ -165,7 +165,7 @@ def _front(args, bundle, space, model, data, store) -> None:
                  "members measured, the ones they dominate dropped)")
     else:
         front, _ = search_front(space, lambda ids: (model.predict(ids)[0],
-                                                    lat_model.predict(ids)[0]), settings)
+                                                    lat_model.latency(ids)), settings)
     acc_m, acc_s = model.predict(front)
     lat_m, lat_s = lat_model.predict(front)
     measured = store.measured()
