@@ -54,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     sel.add_argument("--variants", nargs="+", metavar="ID", help="variant ids or cfg_ids")
     sel.add_argument("--sample", metavar="N|P%", type=cli_args.sample_spec,
                      help="measure anchors plus variants spread over FLOPs, e.g. 20%% or 14")
+    sel.add_argument("--front", action="store_true",
+                     help="subnets bundles: time the front members snrt-accuracy --front wrote "
+                          "into the table whole (their predicted latency replaced, their "
+                          "measured top-1 and front record kept); then rerun snrt-accuracy "
+                          "--front --verify-front, which searches with these timings")
     p.add_argument("--tasks", type=cli_args.csv(str), default=None, metavar="NAME,...|all",
                    help="also measure each selected variant with these tasks of the bundle "
                         "(their tuners and head; 'all': every task), entries keyed by "
@@ -229,6 +234,14 @@ def _main(args) -> int:
         variants = [prof.bundle.variant(k) for k in space_filling_sample(space, min(n, 10000))]
     elif args.sample:
         variants = sample_variants(variants, args.sample)
+    front_kept = {}
+    if args.front:
+        front_kept = {e.key: (e.accuracy, e.conditions["front"]) for e in prof.table.entries
+                      if e.bundle == prof.key and "front" in (e.conditions or {})}
+        if not front_kept:
+            raise SnrtError(f"{out}: no front of {prof.bundle.name} to time; search it first "
+                            "(snrt-accuracy BUNDLE --data D --front --verify-front)")
+        variants = [prof.bundle.variant(k) for k in dict.fromkeys(k[1] for k in front_kept)]
     precisions = args.precision or ["fp32"]
     tasks = prof.task_names(args.tasks)
     everything = prof.plan(variants, args.backend, precisions, args.threads, fresh=True,
@@ -264,6 +277,14 @@ def _main(args) -> int:
                                     progress=not args.quiet)
             store_pieces(prof.table, prof.bundle, pieces, threads=t)
             log.info("timed %d pieces at %d threads", len(pieces), t)
+        prof.table.save(out)
+    if front_kept:  # the timed front members keep their measured top-1 and front record
+        for key, (acc, rec) in front_kept.items():
+            e = prof.table.get(*key)
+            if e is not None and "front" not in (e.conditions or {}):
+                e.accuracy = acc
+                e.conditions = {**(e.conditions or {}), "front": {**rec,
+                                                                  "latency_status": "measured"}}
         prof.table.save(out)
     if args.predict or args.sample:
         from .latency_model import predict_table
