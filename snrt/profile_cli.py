@@ -186,6 +186,35 @@ def _warn_unrepeatable(table: LookupTable, key: str, ids: set[str]) -> None:
                         "differences or predictions", backend, precision, threads, 100 * rep)
 
 
+def _pieces_with_subnets(prof: Profiler, variants, args, out: Path) -> None:
+    """--pieces --rounds K on a subnets bundle: every piece and every selected subnet in the
+    same K rounds (module comment at the call). A subnet's entry: p50_ms the lowest burst
+    median, quiet_ms the lowest burst p10 (as the interleaved protocol), the rounds kept."""
+    from .chain_latency import measure_together, store_pieces
+
+    ids = [v.id for v in variants]
+    for t in args.threads:
+        pieces, whole = measure_together(prof.bundle, ids, threads=t,
+                                         rounds=max(args.rounds, 10),
+                                         burst_runs=max(1, -(-args.runs // args.rounds)),
+                                         progress=not args.quiet)
+        store_pieces(prof.table, prof.bundle, {
+            pid: {"p50_ms": min(b[0] for b in bs), "quiet_ms": min(b[1] for b in bs)}
+            for pid, bs in pieces.items()}, threads=t)
+        for v in variants:
+            bs = np.asarray(whole[v.id][0])
+            prof.table.put(prof._entry(
+                v, "onnxruntime", "fp32", t, p50_ms=float(bs[:, 0].min()),
+                mean_ms=float(bs[:, 0].mean()), quiet_ms=float(bs[:, 1].min()),
+                min_ms=float(bs[:, 1].min()), count=int(len(bs)),
+                conditions={"protocol": "interleaved with pieces",
+                            "interleaved": {"p50": [round(x, 5) for x in bs[:, 0]],
+                                            "p10": [round(x, 5) for x in bs[:, 1]]}}))
+        log.info("timed %d pieces and %d subnets together at %d threads, %d rounds",
+                 len(pieces), len(ids), t, max(args.rounds, 10))
+    prof.table.save(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:
@@ -260,8 +289,15 @@ def _main(args) -> int:
              len(variants), len(prof.bundle.variants),
              f" (and with tasks {', '.join(tasks)})" if tasks else "", args.backend,
              precisions, args.threads, prof.table.device.id, out, how)
+    # a subnets bundle's pieces and its selected subnets, interleaved: timed in the same rounds
+    # in this process (snrt.chain_latency.measure_together), so the chain latency model's
+    # pieces and the whole subnets it is corrected on see the same load
+    together = bool(args.pieces and args.rounds and prof.bundle.open_membership and not tasks
+                    and args.backend == ["onnxruntime"])
     try:
-        if args.rounds:
+        if together:
+            pass
+        elif args.rounds:
             prof.run_interleaved(items, args.rounds, progress=not args.quiet)
         else:
             prof.run(items, progress=not args.quiet)
@@ -269,7 +305,9 @@ def _main(args) -> int:
         log.warning("interrupted: %s holds every variant (isolated) or round (interleaved) "
                     "measured so far; rerun the same command to resume", out)
         return 130
-    if args.pieces:
+    if together:
+        _pieces_with_subnets(prof, variants, args, out)
+    elif args.pieces:
         from .chain_latency import measure_pieces, store_pieces
 
         for t in args.threads:

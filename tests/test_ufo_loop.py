@@ -443,3 +443,24 @@ def test_measure_together_interleaves_pieces_and_subnets(made):
     other = "j111111000"
     got = lm.latency([ARCHS[0], other])
     assert got[0] == 9.0 and got[1] == pytest.approx(lm.predict([other])[0][0])
+
+
+def test_profile_pieces_times_the_sample_in_the_same_rounds(made, tmp_path):
+    from snrt.chain_latency import model_from_table
+    from snrt.profile_cli import main as profile_main
+
+    b = Bundle.open(made["bundle"])
+    t = tmp_path / "t.json"
+    assert profile_main([str(made["bundle"]), "--pieces", "--sample", "4", "--rounds", "10",
+                         "--runs", "10", "--out", str(t), "--quiet"]) == 0
+    table = LookupTable.load(t)
+    es = [e for e in table.entries if e.bundle == bundle_key(b)]
+    assert len(es) == 4
+    for e in es:
+        rs = e.conditions["interleaved"]
+        assert e.conditions["protocol"] == "interleaved with pieces" and len(rs["p10"]) == 10
+        assert e.quiet_ms == pytest.approx(min(rs["p10"]), abs=1e-5) and not e.predicted
+        assert e.p50_ms == pytest.approx(min(rs["p50"]), abs=1e-5)
+    m = model_from_table(table, b)  # the pieces and the 4 subnets: the chain model fits on them
+    assert set(m.piece_ms) == {p.id for p in b.variant_space().all_pieces()}
+    assert m.trained_on == 4
