@@ -17,6 +17,12 @@ measured ones more, benchmarks/ufo_loop_bench.py); with none the prediction is t
 From MIN_MEASURED on, the scale or the GP, whichever predicts the measured subnets better held
 out (k-fold on the measured ones only): a GP on 6 noisy timings can bend where a scale holds.
 
+`snrt-profile B.snrt --pieces --sample N --rounds K` times every piece and the N subnets in the
+same K shuffled round-robin rounds (`measure_together`): timed in separate passes, the load
+on a shared machine shifted pieces and whole chains differently between the passes
+(measured / sum of pieces 1.02-1.18 on quiet runs, 0.73-0.92 in one loaded run), which no
+correction fitted on one pass can follow.
+
 Piece latencies are kept in the lookup table's `bundles[<key>]["pieces"]["<backend>/<precision>/
 <threads>"] = {piece id: {"p50_ms", "quiet_ms"}}` (the table's free-form bundle record, so the
 controller, which reads entries only, never sees pieces as variants).

@@ -16,6 +16,11 @@ measures each front member's top-1 once (snrt.accuracy) and replaces the predict
 (`accuracy_status: "measured"`, n, 95% interval). `Controller.from_table` skips entries whose
 accuracy is still predicted unless asked (`allow_predicted=True`): a predicted number never
 reaches the user unchecked by default.
+
+`refine_front` is what `--verify-front` runs: search, measure the front members not measured,
+refit the accuracy predictor on everything measured, search again (measured members score
+their measurement), until a search returns a front that is all measured, so a member that was
+on the front only by its prediction is replaced by what the measurements show instead.
 """
 
 from __future__ import annotations
