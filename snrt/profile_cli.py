@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="measure anchors plus variants spread over FLOPs, e.g. 20%% or 14")
     sel.add_argument("--front", action="store_true",
                      help="subnets bundles: time the front members snrt-accuracy --front wrote "
-                          "into the table whole (their predicted latency replaced, their "
+                          "into the table whole, all again in the same rounds (their latency "
+                          "replaced, their "
                           "measured top-1 and front record kept); then rerun snrt-accuracy "
                           "--front --verify-front, which searches with these timings")
     p.add_argument("--tasks", type=cli_args.csv(str), default=None, metavar="NAME,...|all",
@@ -271,6 +272,9 @@ def _main(args) -> int:
             raise SnrtError(f"{out}: no front of {prof.bundle.name} to time; search it first "
                             "(snrt-accuracy BUNDLE --data D --front --verify-front)")
         variants = [prof.bundle.variant(k) for k in dict.fromkeys(k[1] for k in front_kept)]
+        # every member re-timed in the same rounds, also those a --sample profile timed
+        # earlier: mixed with an earlier (busier) profile, one could dominate another falsely
+        args.fresh = True
     precisions = args.precision or ["fp32"]
     tasks = prof.task_names(args.tasks)
     everything = prof.plan(variants, args.backend, precisions, args.threads, fresh=True,
