@@ -336,11 +336,13 @@ class Profiler:
             self.table = LookupTable.load(self.table_path)
         else:
             self.table = LookupTable.new()
-        self.table.bundles[self.key] = {"name": self.bundle.name,
-                                        "weights_sha256": self.bundle.manifest.files[
-                                            "graphs/weights.bin"]["sha256"],
-                                        "variants": len(self.bundle.variants),
-                                        "path": str(self.bundle.path)}
+        sha = self.bundle.manifest.files["graphs/weights.bin"]["sha256"]
+        old = self.table.bundles.get(self.key, {})
+        rec = {"name": self.bundle.name, "weights_sha256": sha,
+               "variants": len(self.bundle.variants), "path": str(self.bundle.path)}
+        if "pieces" in old and old.get("weights_sha256", sha) == sha:
+            rec["pieces"] = old["pieces"]  # snrt-profile --pieces earlier (snrt.chain_latency)
+        self.table.bundles[self.key] = rec
         # what the runtime will use for the full ready set (pieces vs graphs)
         from .backends.ort import AUTO_GRAPHS_MAX_BYTES
         graph_bytes = sum(v.params for v in self.bundle.variants) * 4
