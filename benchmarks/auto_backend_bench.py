@@ -57,6 +57,8 @@ def prepare() -> None:
     if not (BUNDLE / "manifest.json").is_file():
         WORK.mkdir(parents=True, exist_ok=True)
         shutil.copytree(snrt.default_bundle(), BUNDLE)
+    if not (WORK / "samples").is_dir():  # snrt-run's labelled sample digits, beside it
+        shutil.copytree(Path(snrt.default_bundle()).parent / "samples", WORK / "samples")
     ids = front_variants()
     rep = export_tflite(BUNDLE, ("fp32", "int8"), variants=ids, progress=True)
     if not rep.ok:
@@ -129,62 +131,78 @@ def memory() -> None:
                   f"{estimate_mb(b, vid, be, prec):7.2f}")
 
 
-def timed(runs: int, rounds: int) -> None:
+def timed(runs: int, rounds: int, budget_mb: float) -> None:
     import snrt
     from snrt.lookup_table import LookupTable
 
     table = LookupTable.load(TABLE)
     auto = snrt.Runtime(BUNDLE, backend="auto", table=table, verify="size")
+    tight = snrt.Runtime(BUNDLE, backend="auto", table=table, verify="size",
+                         memory_budget_mb=budget_mb)
     ids = [v.id for v in auto.variants]
     kws = {"onnxruntime": {"backend": "onnxruntime", "variants": ids},
            "tflite": {"backend": "tflite", "variants": ids},
-           "auto": {"backend": "auto", "table": str(TABLE)}}
+           "auto": {"backend": "auto", "table": str(TABLE)},
+           "budget": {"backend": "auto", "table": str(TABLE), "memory_budget_mb": budget_mb}}
     rss = {k: _sub("runtime", {"bundle": str(BUNDLE), "kw": kw})["rss_mb"]
            for k, kw in kws.items()}
     rts = {"onnxruntime": snrt.Runtime(BUNDLE, verify="size", tasks=[], variants=ids),
            "tflite": snrt.Runtime(BUNDLE, backend="tflite", verify="size", variants=ids),
-           "auto": auto}
-    x = np.zeros(tuple(auto.bundle.manifest.input["shape"][1:]), np.float32)
-    x += np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
+           "auto": auto, "budget": tight}
+    x = np.random.default_rng(0).standard_normal(
+        tuple(auto.bundle.manifest.input["shape"][1:])).astype(np.float32)
     per: dict[tuple[str, str], list[float]] = {}
-    for _ in range(rounds):
+    names = list(rts)
+    for r in range(rounds):
         for vid in ids:
-            for name, rt in rts.items():
+            for name in names[r % len(names):] + names[:r % len(names)]:  # rotate the order
+                rt = rts[name]
+                if name in ("auto", "budget") and not rt.entries(vid):
+                    continue
                 for _ in range(10):
                     rt.run(x, variant=vid)
                 ts = [rt.run(x, variant=vid).latency_ms for _ in range(runs)]
                 per.setdefault((vid, name), []).append(float(np.median(ts)))
-    # switches round robin over the auto runtime's entries (crossing backends)
-    entries = [(v, b, p) for v in ids for b, p in auto.entries(v)]
-    entries += [("s", "onnxruntime", "fp32")] if ("s", "onnxruntime", "fp32") in entries \
-        else []
-    n0 = len(auto.switches())
+    # switches round robin over the budgeted runtime's entries (it mixes backends)
+    entries = [(v.id, b, p) for v in tight.variants for b, p in tight.entries(v.id)]
+    n0 = len(tight.switches())
     for i in range(2000):
         v, b, p = entries[i % len(entries)]
-        auto.switch(v, backend=b, precision=p)
-        auto.run(x)
-    sw = [e.switch_ms for e in auto.switches()[n0:]]
-    cross = sum(e.from_backend != e.to_backend for e in auto.switches()[n0:])
+        tight.switch(v, backend=b, precision=p)
+        tight.run(x)
+    evs = tight.switches()[n0:]
+    sw = [e.switch_ms for e in evs]
+    cross = [e.switch_ms for e in evs if e.from_backend != e.to_backend]
     print("backend='auto' plan (shipped lookup table):")
     print(auto.plan.table())
+    print(f"\nwith memory_budget_mb={budget_mb:g}:")
+    print(tight.plan.table())
     print()
-    print(f"{'variant':10s} {'top-1':>6s} {'onnxruntime ms':>14s} {'tflite ms':>9s} "
-          f"{'auto ms':>8s}  {'auto entry':18s} {'auto/ort':>8s} {'auto/tfl':>8s}")
     med = {k: float(np.median(v)) for k, v in per.items()}
+    print(f"{'variant':10s} {'top-1':>6s} {'onnxruntime':>11s} {'tflite':>7s} {'auto':>7s} "
+          f"{'auto entry':12s} {'auto/ort':>8s} {'auto/tfl':>8s} {f'{budget_mb:g} MB':>7s} "
+          f"{'its entry':12s}   (ms, median of round medians)")
     for vid in ids:
         e = auto.plan.of(vid)[0]
         o, t, a = med[(vid, "onnxruntime")], med[(vid, "tflite")], med[(vid, "auto")]
-        print(f"{vid:10s} {e.accuracy:6.2f} {o:14.3f} {t:9.3f} {a:8.3f}  "
-              f"{e.backend + '/' + e.precision:18s} {a / o:8.2f} {a / t:8.2f}")
+        te = tight.plan.of(vid)
+        bud = f"{med[(vid, 'budget')]:7.3f} {te[0].backend + '/' + te[0].precision:12s}" \
+            if te else f"{'-':>7s} {'(left out)':12s}"
+        print(f"{vid:10s} {e.accuracy:6.2f} {o:11.3f} {t:7.3f} {a:7.3f} "
+              f"{e.backend + '/' + e.precision:12s} {a / o:8.2f} {a / t:8.2f} {bud}")
     ratios = [med[(v, "auto")] / med[(v, "onnxruntime")] for v in ids]
-    print(f"median auto/onnxruntime {np.median(ratios):.2f} (range {min(ratios):.2f}-"
-          f"{max(ratios):.2f}) over {len(ids)} front members; 1 thread, {rounds} rounds x "
-          f"{runs} runs, interleaved")
-    print(f"RSS growth creating the Runtime: onnxruntime {rss['onnxruntime']:.1f} MB, tflite "
-          f"{rss['tflite']:.1f} MB, auto {rss['auto']:.1f} MB (plan estimate "
-          f"{auto.plan.est_mb:.1f} MB)")
-    print(f"switch() over the auto entries: {len(sw)} switches ({cross} across backends), "
-          f"p50 {np.percentile(sw, 50) * 1e3:.1f} us, p99 {np.percentile(sw, 99) * 1e3:.1f} us")
+    same = [med[(v, "auto")] / med[(v, "tflite")] for v in ids]
+    print(f"auto/onnxruntime: median {np.median(ratios):.2f} (range {min(ratios):.2f}-"
+          f"{max(ratios):.2f}); auto/tflite {np.median(same):.2f} ({min(same):.2f}-"
+          f"{max(same):.2f}); {len(ids)} front members, 1 thread, {rounds} rounds x {runs} "
+          "runs, interleaved")
+    print("RSS growth creating the Runtime: " + ", ".join(
+        f"{k} {v:.1f} MB" for k, v in rss.items()) + f" (plan estimates: auto "
+        f"{auto.plan.est_mb:.1f} MB, {budget_mb:g} MB budget {tight.plan.est_mb:.1f} MB)")
+    print(f"switch() round robin over the {len(entries)} entries of the {budget_mb:g} MB "
+          f"runtime: {len(sw)} switches, p50 {np.percentile(sw, 50) * 1e3:.1f} us, p99 "
+          f"{np.percentile(sw, 99) * 1e3:.1f} us; {len(cross)} across backends: p99 "
+          f"{np.percentile(cross, 99) * 1e3 if cross else float('nan'):.1f} us")
     for rt in rts.values():
         rt.close()
 
@@ -195,6 +213,8 @@ def main(argv=None) -> int:
     ap.add_argument("--memory", action="store_true", help="RSS of one entry per backend")
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--budget-mb", type=float, default=20.0,
+                    help="memory_budget_mb of the second auto runtime (default 20)")
     args = ap.parse_args(argv)
     t0 = time.monotonic()
     if args.prepare:
@@ -204,7 +224,7 @@ def main(argv=None) -> int:
     else:
         if not (BUNDLE / "manifest.json").is_file():
             raise SystemExit(f"{BUNDLE} missing: run with --prepare first")
-        timed(args.runs, args.rounds)
+        timed(args.runs, args.rounds, args.budget_mb)
     print(f"({time.monotonic() - t0:.0f} s)")
     return 0
 

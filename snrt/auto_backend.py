@@ -19,7 +19,8 @@ variants that is the fastest entry the table shows (a second entry of the same v
 the front only if it is more accurate, e.g. fp32 beside a faster int8). Then the memory budget
 (TFLite files share no weights: each interpreter holds its own file, packed copy and arena):
 the fastest front entry first, then the others by accuracy, each kept when its estimated
-memory (`estimate_mb`) still fits, else replaced by the same variant's next-fastest option that
+memory (`estimate_mb`, plus the engine's one-time `ENGINE_MB` for a backend's first entry)
+still fits, else replaced by the same variant's next-fastest option that
 fits (e.g. onnxruntime fp32 instead of a large TFLite file), else left out. The controller's own
 front over what is kept decides at run time.
 
@@ -40,12 +41,20 @@ log = logging.getLogger(__name__)
 AUTO_BACKENDS = ("onnxruntime", "tflite")
 
 # Resident memory of one ready entry, measured on this machine (ai-edge-litert 2.3 + XNNPACK,
-# onnxruntime 1.32; RSS growth per entry: python -m benchmarks.auto_backend_bench --memory).
-# TFLite: the mapped file + XNNPACK's packed copy + arena (fp16 weights unpack to fp32);
-# onnxruntime: one session over the variant's weights in the precision (prepacked).
-FIXED_MB = {"tflite": 0.25, "onnxruntime": 0.6}
+# onnxruntime 1.32, default family; RSS growth of one more entry once its engine is loaded:
+# `python -m benchmarks.auto_backend_bench --memory`): TFLite is the mapped file + XNNPACK's
+# packed copy + arena, 1.0 MB + 2.0x the file in fp32 (ti 0.40 MB file -> 1.80 MB, b 5.19 ->
+# 11.39) and 1.0 + 2.1x in int8 (ti 0.20 -> 1.45, b 1.50 -> 4.11); fp16 unpacks to fp32
+# (3.1x the file, snrt.backends.tflite). onnxruntime (one session per variant graph at this
+# size, prepacked): 1.7 MB + its fp32 weights (ti 2.12 MB, b 6.91 MB for 5.2 MB of weights);
+# its int8 graphs are not measured here: 2 bytes a parameter, an upper guess.
+# The first entry of a backend also pays the engine's one-time memory (its arena, thread pool,
+# XNNPACK's state): the RSS growth of a fresh process's first Runtime minus its entries',
+# measured the same way: 12.0-12.3 MB for TFLite, 17.8-18.4 MB for onnxruntime.
+ENGINE_MB = {"tflite": 12.0, "onnxruntime": 18.0}
+FIXED_MB = {"tflite": 1.0, "onnxruntime": 1.7}
 TFLITE_FACTOR = {"fp32": 2.0, "fp16": 3.1, "int8": 2.1}
-ORT_BYTES_PER_PARAM = {"fp32": 4.0 * 2.0, "int8": 1.0 * 2.0 + 4.0}
+ORT_BYTES_PER_PARAM = {"fp32": 4.0, "int8": 2.0}
 
 
 def entry_key(variant: str, backend: str, precision: str) -> str:
@@ -83,7 +92,9 @@ class AutoPlan:
 
     @property
     def est_mb(self) -> float:
-        return sum(e.est_mb for e in self.entries)
+        """Estimated memory of the kept entries, with each backend's one-time engine cost."""
+        return sum(e.est_mb for e in self.entries) + sum(
+            ENGINE_MB.get(b, 0.0) for b in {e.backend for e in self.entries})
 
     def of(self, variant: str) -> list[AutoEntry]:
         """The entries kept for `variant`, fastest first."""
@@ -114,7 +125,7 @@ def estimate_mb(bundle, variant: str, backend: str, precision: str) -> float:
         nbytes = rec["bytes"] if rec else 4 * v.params / (2 if precision == "fp16" else
                                                          4 if precision == "int8" else 1)
         return FIXED_MB["tflite"] + TFLITE_FACTOR.get(precision, 2.0) * nbytes / 2**20
-    return FIXED_MB.get(backend, 1.0) + ORT_BYTES_PER_PARAM.get(precision, 8.0) * v.params \
+    return FIXED_MB.get(backend, 1.0) + ORT_BYTES_PER_PARAM.get(precision, 4.0) * v.params \
         / 2**20
 
 
@@ -135,11 +146,11 @@ def option_accuracy(bundle, variant: str, backend: str, precision: str) -> float
     return None
 
 
-def device_table(table=None):
+def device_table(table=None, first_dir=None):
     """The lookup table to plan from: `table` (a LookupTable or a path), else every table of
     this device found where Controller.auto looks ($SNRT_LOOKUP_TABLES, the per-user data
     directory, ./lookup_tables, the shipped ones), merged (the newer measurement of an entry
-    wins, snrt-lut merge); None when there is none."""
+    wins, snrt-lut merge; `first_dir` is looked in first); None when there is none."""
     import os
     from pathlib import Path
 
@@ -151,7 +162,7 @@ def device_table(table=None):
         return table
     if table is not None:
         return LookupTable.load(table)
-    dirs = table_dirs(os.environ.get("SNRT_LOOKUP_TABLES") or None)
+    dirs = table_dirs(first_dir or os.environ.get("SNRT_LOOKUP_TABLES") or None)
     dirs.insert(len(dirs) - 1, Path("lookup_tables"))
     found, seen = [], set()
     for d in dirs:
@@ -261,27 +272,34 @@ def _fit(front: list[AutoEntry], options: list[AutoEntry], budget_mb: float | No
     front_ids = {e.variant for e in front}
     fp32 = [e for e in options if e.precision == "fp32" and e.variant in front_ids
             and not e.missing]
+    def alone(e: AutoEntry) -> float:  # an entry with its engine's one-time cost
+        return e.est_mb + ENGINE_MB.get(e.backend, 0.0)
+
     if fp32:
         first = min(fp32, key=lambda e: e.p50_ms)
-        if first.est_mb > budget_mb:
-            cheapest = min(fp32, key=lambda e: e.est_mb)
+        if alone(first) > budget_mb:
+            cheapest = min(fp32, key=alone)
             raise SnrtError(
                 f"memory_budget_mb={budget_mb:g} cannot hold even the fastest fp32 entry, "
-                f"{first.variant} on {first.backend} (est {first.est_mb:.1f} MB; the cheapest "
-                f"fp32 entry, {cheapest.variant} on {cheapest.backend}, needs "
-                f"{cheapest.est_mb:.1f} MB): raise the budget")
+                f"{first.variant} on {first.backend} (est {alone(first):.1f} MB with the "
+                f"engine's {ENGINE_MB.get(first.backend, 0.0):g} MB; the cheapest fp32 entry, "
+                f"{cheapest.variant} on {cheapest.backend}, needs {alone(cheapest):.1f} MB): "
+                "raise the budget")
     order = [front[0]] + sorted(front[1:], key=lambda e: (-e.accuracy, e.p50_ms))
     kept, replaced, dropped, used = [], [], [], 0.0
     for e in order:
         # the same variant's other options, fastest first (front entries have their own turn)
         alts = [e] + sorted((o for o in options if o.variant == e.variant and o not in front
                              and not o.missing and o not in kept), key=lambda o: o.p50_ms)
-        pick = next((o for o in alts if used + o.est_mb <= budget_mb + 1e-9), None)
+        def cost(o: AutoEntry) -> float:
+            return o.est_mb if any(k.backend == o.backend for k in kept) else alone(o)
+
+        pick = next((o for o in alts if used + cost(o) <= budget_mb + 1e-9), None)
         if pick is None:
             dropped.append(e)
             continue
+        used += cost(pick)
         kept.append(pick)
-        used += pick.est_mb
         if pick is not e:
             replaced.append((e, pick))
     if not any(e.precision == "fp32" for e in kept):

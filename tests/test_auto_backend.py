@@ -118,41 +118,47 @@ def test_auto_keeps_the_fastest_entry_of_each_front_variant(abundle):
 
 
 def test_budget_keeps_what_fits_and_drops_what_does_not(abundle):
-    with _auto(abundle) as rt:
-        est = {(e.variant, e.backend, e.precision): e.est_mb for e in rt.plan.entries}
-    # Budget: the three cheap front entries and 0.01 MB more. Order: the fastest (ti>s@1:1 on
-    # onnxruntime), then by accuracy: b TFLite fp32 (80%) does not fit beside it with only the
-    # int8 entries' room left (its file is ~4x b's int8 file), nor does b's other option,
-    # onnxruntime fp32 (a prepacked copy of b's fp32 weights): b fp32 is left out; b int8 and
-    # s>b int8 fit.
-    base = est[(TS, "onnxruntime", "fp32")] + est[(B, "tflite", "int8")] + \
-        est[(SB, "tflite", "int8")]
-    assert est[(B, "tflite", "fp32")] > est[(B, "tflite", "int8")] + est[(SB, "tflite",
-                                                                          "int8")] + 0.01
-    with _auto(abundle, memory_budget_mb=base + 0.01) as rt:
-        got = [(e.variant, e.backend, e.precision) for e in rt.plan.entries]
-        assert got == [(TS, "onnxruntime", "fp32"), (SB, "tflite", "int8"),
-                       (B, "tflite", "int8")]
-        assert rt.plan.est_mb <= base + 0.01
+    """TFLite only. Front by hand: ti>s@1:1 fp32 1.0 (60%), s>b int8 1.2 (74), b int8 1.5
+    (79.5), b fp32 2.0 (80). Budget: the engine's one-time cost, ti>s@1:1 fp32 and the two
+    int8 entries, and 0.01 MB. Order: the fastest, then by accuracy: b fp32 does not fit
+    beside ti>s@1:1 (its file is ~4x b's int8 file) and b has no other option (fp16 has no
+    accuracy): it is left out; b int8 and s>b int8 fit."""
+    from snrt.auto_backend import ENGINE_MB
+
+    with _auto(abundle, auto_backends=["tflite"]) as rt:
+        assert [(e.variant, e.precision) for e in rt.plan.entries] == [
+            (TS, "fp32"), (SB, "int8"), (B, "int8"), (B, "fp32")]
+        est = {(e.variant, e.precision): e.est_mb for e in rt.plan.entries}
+    budget = ENGINE_MB["tflite"] + est[(TS, "fp32")] + est[(B, "int8")] + \
+        est[(SB, "int8")] + 0.01
+    assert est[(B, "fp32")] > est[(B, "int8")] + est[(SB, "int8")] + 0.01
+    with _auto(abundle, auto_backends=["tflite"], memory_budget_mb=budget) as rt:
+        assert [(e.variant, e.precision) for e in rt.plan.entries] == [
+            (TS, "fp32"), (SB, "int8"), (B, "int8")]
+        assert rt.plan.est_mb <= budget
         assert [(f.variant, f.precision) for f in rt.plan.dropped] == [(B, "fp32")]
-        assert rt._backends["tflite"].info()["interpreters"] == 2
-        assert rt.stats()["memory"]["budget_mb"] == base + 0.01
+        assert rt._backends["tflite"].info()["interpreters"] == 3
+        assert rt.stats()["memory"]["budget_mb"] == budget
+        assert rt.entries(B) == [("tflite", "int8")]
 
 
 def test_budget_replaces_an_entry_by_the_variants_cheaper_one(abundle):
     """fp32 only: make the costlier of b's two fp32 entries the faster one in the table; a
     budget that holds the cheaper one only keeps b on that backend instead."""
-    from snrt.auto_backend import estimate_mb
+    from snrt.auto_backend import ENGINE_MB, estimate_mb
 
     bnd = Bundle.open(abundle, verify=False)
-    cost = {be: estimate_mb(bnd, B, be, "fp32") for be in ("onnxruntime", "tflite")}
+    # what b adds beside ti>s@1:1 on onnxruntime: its entry, and for TFLite the engine's
+    # one-time cost (onnxruntime's is paid by ti>s@1:1 already)
+    cost = {be: estimate_mb(bnd, B, be, "fp32") + (ENGINE_MB[be] if be == "tflite" else 0)
+            for be in ("onnxruntime", "tflite")}
     fast, slow = sorted(cost, key=cost.get, reverse=True)  # fast: the costlier
     assert cost[fast] > 1.05 * cost[slow]
     p50 = {k: v for k, v in P50.items() if k[2] == "fp32"}
     p50[(B, fast, "fp32")], p50[(B, slow, "fp32")] = 1.8, 4.0
     # fp32 front by hand: ti>s@1:1 onnxruntime 0.5 (60%), b on `fast` 1.8 (80%); s>b 2.5/3.0
     # (75%) and b on `slow` 4.0 are dominated
-    ts = estimate_mb(bnd, TS, "onnxruntime", "fp32")
+    ts = estimate_mb(bnd, TS, "onnxruntime", "fp32") + ENGINE_MB["onnxruntime"]
     with _auto(abundle, table=_table(abundle, p50), precisions=["fp32"]) as rt:
         assert [(e.variant, e.backend) for e in rt.plan.entries] == [(TS, "onnxruntime"),
                                                                       (B, fast)]
@@ -167,10 +173,10 @@ def test_budget_replaces_an_entry_by_the_variants_cheaper_one(abundle):
 
 
 def test_budget_below_the_fastest_fp32_entry_is_refused(abundle):
-    from snrt.auto_backend import estimate_mb
+    from snrt.auto_backend import ENGINE_MB, estimate_mb
 
-    b = Bundle.open(abundle, verify=False)
-    need = estimate_mb(b, TS, "onnxruntime", "fp32")  # the fastest fp32 entry (0.5 ms)
+    b = Bundle.open(abundle, verify=False)  # the fastest fp32 entry (0.5 ms), with its engine
+    need = estimate_mb(b, TS, "onnxruntime", "fp32") + ENGINE_MB["onnxruntime"]
     with pytest.raises(SnrtError, match="cannot hold even the fastest fp32 entry"):
         _auto(abundle, memory_budget_mb=need * 0.5)
     with pytest.raises(SnrtError, match="positive"):
@@ -274,3 +280,12 @@ def test_clear_errors_for_missing_entries_and_files(abundle, tmp_path):
         snrt.Runtime(abundle, backend="auto", table=_table(abundle, p50), verify="size")
     with pytest.raises(SnrtError, match="options of backend='auto'"):
         snrt.Runtime(abundle, memory_budget_mb=10, verify="size")
+
+
+def test_snrt_run_options_are_checked(capsys):
+    from snrt.run_cli import main
+
+    assert main(["default", "--memory-budget-mb", "5"]) != 0
+    assert "option of --backend auto" in capsys.readouterr().err
+    assert main(["default", "elastic", "--backend", "auto"]) != 0
+    assert "one bundle" in capsys.readouterr().err
