@@ -163,14 +163,24 @@ def timed(runs: int, rounds: int, budget_mb: float) -> None:
                     rt.run(x, variant=vid)
                 ts = [rt.run(x, variant=vid).latency_ms for _ in range(runs)]
                 per.setdefault((vid, name), []).append(float(np.median(ts)))
-    # switches round robin over the budgeted runtime's entries (it mixes backends)
-    entries = [(v.id, b, p) for v in tight.variants for b, p in tight.entries(v.id)]
-    n0 = len(tight.switches())
+    # switches round robin over the entries of an auto runtime that mixes backends: on this
+    # machine's table TFLite wins every variant, so this one plans from a copy of the table
+    # with the S->B stitches' and b's onnxruntime p50 divided by 4 (hand-set, only to put
+    # them on onnxruntime; the switch path does not depend on the figures)
+    import copy
+
+    mixed_t = copy.deepcopy(table)
+    for e in mixed_t.entries:
+        if e.backend == "onnxruntime" and (e.variant.startswith("s>b") or e.variant == "b"):
+            e.p50_ms /= 4
+    mixed = snrt.Runtime(BUNDLE, backend="auto", table=mixed_t, verify="size")
+    entries = [(v.id, b, p) for v in mixed.variants for b, p in mixed.entries(v.id)]
+    n0 = len(mixed.switches())
     for i in range(2000):
         v, b, p = entries[i % len(entries)]
-        tight.switch(v, backend=b, precision=p)
-        tight.run(x)
-    evs = tight.switches()[n0:]
+        mixed.switch(v, backend=b, precision=p)
+        mixed.run(x)
+    evs = mixed.switches()[n0:]
     sw = [e.switch_ms for e in evs]
     cross = [e.switch_ms for e in evs if e.from_backend != e.to_backend]
     print("backend='auto' plan (shipped lookup table):")
@@ -199,11 +209,12 @@ def timed(runs: int, rounds: int, budget_mb: float) -> None:
     print("RSS growth creating the Runtime: " + ", ".join(
         f"{k} {v:.1f} MB" for k, v in rss.items()) + f" (plan estimates: auto "
         f"{auto.plan.est_mb:.1f} MB, {budget_mb:g} MB budget {tight.plan.est_mb:.1f} MB)")
-    print(f"switch() round robin over the {len(entries)} entries of the {budget_mb:g} MB "
-          f"runtime: {len(sw)} switches, p50 {np.percentile(sw, 50) * 1e3:.1f} us, p99 "
+    print(f"switch() round robin over the {len(entries)} entries of an auto runtime on "
+          f"{sorted({b for _, b, _ in entries})} (table with onnxruntime made faster for S->B, "
+          f"hand-set): {len(sw)} switches, p50 {np.percentile(sw, 50) * 1e3:.1f} us, p99 "
           f"{np.percentile(sw, 99) * 1e3:.1f} us; {len(cross)} across backends: p99 "
           f"{np.percentile(cross, 99) * 1e3 if cross else float('nan'):.1f} us")
-    for rt in rts.values():
+    for rt in [*rts.values(), mixed]:
         rt.close()
 
 

@@ -19,8 +19,8 @@ variants that is the fastest entry the table shows (a second entry of the same v
 the front only if it is more accurate, e.g. fp32 beside a faster int8). Then the memory budget
 (TFLite files share no weights: each interpreter holds its own file, packed copy and arena):
 the fastest front entry first, then the others by accuracy, each kept when its estimated
-memory (`estimate_mb`, plus the engine's one-time `ENGINE_MB` for a backend's first entry)
-still fits, else replaced by the same variant's next-fastest option that
+memory (`estimate_mb`, plus the engine's one-time `ENGINE_MB` for a backend's first entry,
+plus `RUNTIME_MB` once) still fits, else replaced by the same variant's next-fastest option that
 fits (e.g. onnxruntime fp32 instead of a large TFLite file), else left out. The controller's own
 front over what is kept decides at run time.
 
@@ -52,6 +52,9 @@ AUTO_BACKENDS = ("onnxruntime", "tflite")
 # XNNPACK's state): the RSS growth of a fresh process's first Runtime minus its entries',
 # measured the same way: 12.0-12.3 MB for TFLite, 17.8-18.4 MB for onnxruntime.
 ENGINE_MB = {"tflite": 12.0, "onnxruntime": 18.0}
+# and the Runtime itself (the open bundle, records, Python objects): what creating a whole
+# auto Runtime grew beyond the sum of the above, 2.3-3.1 MB (benchmarks/auto_backend_bench.py)
+RUNTIME_MB = 3.0
 FIXED_MB = {"tflite": 1.0, "onnxruntime": 1.7}
 TFLITE_FACTOR = {"fp32": 2.0, "fp16": 3.1, "int8": 2.1}
 ORT_BYTES_PER_PARAM = {"fp32": 4.0, "int8": 2.0}
@@ -93,7 +96,7 @@ class AutoPlan:
     @property
     def est_mb(self) -> float:
         """Estimated memory of the kept entries, with each backend's one-time engine cost."""
-        return sum(e.est_mb for e in self.entries) + sum(
+        return RUNTIME_MB + sum(e.est_mb for e in self.entries) + sum(
             ENGINE_MB.get(b, 0.0) for b in {e.backend for e in self.entries})
 
     def of(self, variant: str) -> list[AutoEntry]:
@@ -272,8 +275,8 @@ def _fit(front: list[AutoEntry], options: list[AutoEntry], budget_mb: float | No
     front_ids = {e.variant for e in front}
     fp32 = [e for e in options if e.precision == "fp32" and e.variant in front_ids
             and not e.missing]
-    def alone(e: AutoEntry) -> float:  # an entry with its engine's one-time cost
-        return e.est_mb + ENGINE_MB.get(e.backend, 0.0)
+    def alone(e: AutoEntry) -> float:  # an entry with its engine's and the Runtime's cost
+        return RUNTIME_MB + e.est_mb + ENGINE_MB.get(e.backend, 0.0)
 
     if fp32:
         first = min(fp32, key=lambda e: e.p50_ms)
@@ -286,13 +289,15 @@ def _fit(front: list[AutoEntry], options: list[AutoEntry], budget_mb: float | No
                 f"{cheapest.variant} on {cheapest.backend}, needs {alone(cheapest):.1f} MB): "
                 "raise the budget")
     order = [front[0]] + sorted(front[1:], key=lambda e: (-e.accuracy, e.p50_ms))
-    kept, replaced, dropped, used = [], [], [], 0.0
+    kept, replaced, dropped, used = [], [], [], RUNTIME_MB
     for e in order:
         # the same variant's other options, fastest first (front entries have their own turn)
         alts = [e] + sorted((o for o in options if o.variant == e.variant and o not in front
                              and not o.missing and o not in kept), key=lambda o: o.p50_ms)
         def cost(o: AutoEntry) -> float:
-            return o.est_mb if any(k.backend == o.backend for k in kept) else alone(o)
+            if any(k.backend == o.backend for k in kept):
+                return o.est_mb
+            return o.est_mb + ENGINE_MB.get(o.backend, 0.0)
 
         pick = next((o for o in alts if used + cost(o) <= budget_mb + 1e-9), None)
         if pick is None:

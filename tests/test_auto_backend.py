@@ -123,13 +123,13 @@ def test_budget_keeps_what_fits_and_drops_what_does_not(abundle):
     int8 entries, and 0.01 MB. Order: the fastest, then by accuracy: b fp32 does not fit
     beside ti>s@1:1 (its file is ~4x b's int8 file) and b has no other option (fp16 has no
     accuracy): it is left out; b int8 and s>b int8 fit."""
-    from snrt.auto_backend import ENGINE_MB
+    from snrt.auto_backend import ENGINE_MB, RUNTIME_MB
 
     with _auto(abundle, auto_backends=["tflite"]) as rt:
         assert [(e.variant, e.precision) for e in rt.plan.entries] == [
             (TS, "fp32"), (SB, "int8"), (B, "int8"), (B, "fp32")]
         est = {(e.variant, e.precision): e.est_mb for e in rt.plan.entries}
-    budget = ENGINE_MB["tflite"] + est[(TS, "fp32")] + est[(B, "int8")] + \
+    budget = RUNTIME_MB + ENGINE_MB["tflite"] + est[(TS, "fp32")] + est[(B, "int8")] + \
         est[(SB, "int8")] + 0.01
     assert est[(B, "fp32")] > est[(B, "int8")] + est[(SB, "int8")] + 0.01
     with _auto(abundle, auto_backends=["tflite"], memory_budget_mb=budget) as rt:
@@ -145,7 +145,7 @@ def test_budget_keeps_what_fits_and_drops_what_does_not(abundle):
 def test_budget_replaces_an_entry_by_the_variants_cheaper_one(abundle):
     """fp32 only: make the costlier of b's two fp32 entries the faster one in the table; a
     budget that holds the cheaper one only keeps b on that backend instead."""
-    from snrt.auto_backend import ENGINE_MB, estimate_mb
+    from snrt.auto_backend import ENGINE_MB, RUNTIME_MB, estimate_mb
 
     bnd = Bundle.open(abundle, verify=False)
     # what b adds beside ti>s@1:1 on onnxruntime: its entry, and for TFLite the engine's
@@ -158,7 +158,7 @@ def test_budget_replaces_an_entry_by_the_variants_cheaper_one(abundle):
     p50[(B, fast, "fp32")], p50[(B, slow, "fp32")] = 1.8, 4.0
     # fp32 front by hand: ti>s@1:1 onnxruntime 0.5 (60%), b on `fast` 1.8 (80%); s>b 2.5/3.0
     # (75%) and b on `slow` 4.0 are dominated
-    ts = estimate_mb(bnd, TS, "onnxruntime", "fp32") + ENGINE_MB["onnxruntime"]
+    ts = RUNTIME_MB + estimate_mb(bnd, TS, "onnxruntime", "fp32") + ENGINE_MB["onnxruntime"]
     with _auto(abundle, table=_table(abundle, p50), precisions=["fp32"]) as rt:
         assert [(e.variant, e.backend) for e in rt.plan.entries] == [(TS, "onnxruntime"),
                                                                       (B, fast)]
@@ -173,10 +173,10 @@ def test_budget_replaces_an_entry_by_the_variants_cheaper_one(abundle):
 
 
 def test_budget_below_the_fastest_fp32_entry_is_refused(abundle):
-    from snrt.auto_backend import ENGINE_MB, estimate_mb
+    from snrt.auto_backend import ENGINE_MB, RUNTIME_MB, estimate_mb
 
     b = Bundle.open(abundle, verify=False)  # the fastest fp32 entry (0.5 ms), with its engine
-    need = estimate_mb(b, TS, "onnxruntime", "fp32") + ENGINE_MB["onnxruntime"]
+    need = RUNTIME_MB + estimate_mb(b, TS, "onnxruntime", "fp32") + ENGINE_MB["onnxruntime"]
     with pytest.raises(SnrtError, match="cannot hold even the fastest fp32 entry"):
         _auto(abundle, memory_budget_mb=need * 0.5)
     with pytest.raises(SnrtError, match="positive"):
