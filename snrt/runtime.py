@@ -20,6 +20,12 @@ reference swap that creates no session:
     rt.add_task("digits")              # a task the bundle records, made ready while running
                                        # (Runtime(tasks=[]) starts with none)
 
+Backends (issue 18): `Runtime(bundle, backend="auto", memory_budget_mb=40)` keeps, for each
+variant on this device's lookup-table front over every backend x precision, its fastest entry
+(snrt.auto_backend; `rt.plan`), all loaded at start; an entry is (variant, backend, precision)
+and `switch()`, `run()`, the records and the controller carry the backend as they carry the
+precision (`rt.current_backend`, `Result.backend`, `rt.entries(variant)`).
+
 `task=None` (the default everywhere) means the active task, `task=False` the backbone's own
 head, as `variant=None` means the active variant.
 
