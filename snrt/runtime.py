@@ -157,7 +157,8 @@ class Runtime:
             backend="auto" keeps none (tasks run on one backend).
         precision: the precision active first and, without `precisions`, the only one ready:
             "fp32", or "int8" (onnxruntime: the graphs `snrt-export quantize` adds; tflite:
-            the exported int8 files).
+            the exported int8 files). With "auto" the initial variant starts in its fastest
+            entry instead.
         precisions: precisions to keep ready at once (onnxruntime), e.g. ["fp32", "int8"]:
             every ready variant in each; `switch(key, precision=...)` moves between them
             without creating a session. With "auto": the precisions it considers (default:
