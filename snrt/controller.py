@@ -77,6 +77,7 @@ from pathlib import Path
 from .controller_tasks import TaskFront, front_from_bundle, task_candidates
 from .errors import SnrtError
 from .lookup_table import LookupTable, LookupTableError, bundle_key, pareto_front
+from .lut_graphs import select_current, warn_stale
 from .monitor import Monitor, PowerState, SystemMonitor
 
 log = logging.getLogger(__name__)
@@ -446,12 +447,17 @@ class Controller:
             return ctl
         base, source = None, None
         tbl = _find_table(table)
-        if tbl is not None:
+        if tbl is not None:  # entries measured on other graphs than the bundle's are ignored
             key = bundle_key(rt.bundle)
-            es = tbl.select(key, backend or rt.backend_name, precision, rt.threads)
+            where = f"lookup table {tbl.device.id}"
+            es, stale = select_current(tbl, rt.bundle, backend or rt.backend_name, precision,
+                                       rt.threads)
+            warn_stale(stale, rt.bundle, where)
             if es:
                 base = {e.variant: e.p50_ms for e in es}
                 source = f"lookup table {tbl.device.id}"
+            elif stale:
+                source = f"FLOPs (the entries of {where} are stale)"
             else:
                 log.warning("lookup table %s has no entries for %s/%s/%s threads=%d; using "
                             "FLOPs estimates", tbl.device.id, key, backend or rt.backend_name,
@@ -460,7 +466,7 @@ class Controller:
         if base is None:
             # 1 ms per GFLOP is a placeholder scale; the contention feedback corrects it
             base = {v.id: max(v.flops / 1e9, 1e-3) for v in rt.variants}
-            source = "FLOPs (no lookup table for this device)"
+            source = source or "FLOPs (no lookup table for this device)"
         base = {k: v for k, v in base.items() if k in ids}
         acc = {v.id: v.top1 for v in rt.variants if v.top1 is not None}
         infos = {k: rt.bundle.variant(k) for k in base}
@@ -475,8 +481,11 @@ class Controller:
         extra = [p for p in (precisions if precisions is not None
                              else getattr(rt, "precisions", [precision])) if p != precision]
         for p in extra:
-            pes = tbl.select(key, backend or rt.backend_name, p, rt.threads) \
-                if tbl is not None else []
+            pes = []
+            if tbl is not None:
+                pes, stale = select_current(tbl, rt.bundle, backend or rt.backend_name, p,
+                                            rt.threads)
+                warn_stale(stale, rt.bundle, where)
             pacc = precision_accuracy(rt.bundle, p)
             got = [e for e in pes if e.variant in ids and (rank != "accuracy" or
                                                            e.variant in pacc)]
@@ -495,8 +504,11 @@ class Controller:
                  len(base), rank)
         tasks = {}
         for t in getattr(rt, "tasks", []):  # each task's entries, else the backbone's figures
-            tes = (tbl.select(key, backend or rt.backend_name, precision, rt.threads,
-                              task=t.name) if tbl is not None else [])
+            tes = []
+            if tbl is not None:
+                tes, stale = select_current(tbl, rt.bundle, backend or rt.backend_name,
+                                            precision, rt.threads, task=t.name)
+                warn_stale(stale, rt.bundle, where)
             got = {e.variant: e.p50_ms for e in tes if e.variant in ids}
             tasks[t.name] = front_from_bundle(
                 t, got or base, f"lookup table {tbl.device.id}" if got else

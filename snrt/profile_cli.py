@@ -243,6 +243,13 @@ def _main(args) -> int:
         items = prof.plan(variants, args.backend, precisions, args.threads, fresh=args.fresh,
                           tasks=tasks)
         how = f"isolated; {len(everything) - len(items)} already measured"
+    stale = prof.stale_entries(items)
+    if stale:
+        from .lut_graphs import stale_reason
+
+        how += f"; {len(stale)} stale, measured again"
+        log.warning("%s: %d entries of %s were %s: measuring them again", out, len(stale),
+                    prof.key, stale_reason(stale[0], prof.bundle))
     log.info("profiling %d of %d variants%s x %s x %s x threads %s on %s -> %s (%s)",
              len(variants), len(prof.bundle.variants),
              f" (and with tasks {', '.join(tasks)})" if tasks else "", args.backend,

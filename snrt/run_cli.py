@@ -12,7 +12,9 @@ snrt.multi_bundle.MultiRuntime(["default", "elastic"]).
 1. opens and verifies the bundle, lists its variants (FLOPs, params, accuracy);
 2. looks up this device's lookup table (<device-id>.json) in `--tables` if given, then in the
    per-user data directory, then in the tables shipped with snrt (read-only), and uses the
-   first that holds every variant at `--threads`; otherwise profiles the missing variants
+   first that holds every variant at `--threads` measured on the bundle's graphs (entries
+   of graphs it no longer has, e.g. before `snrt-export regraph`, are stale: one warning,
+   snrt.lut_graphs); otherwise profiles the missing and stale variants
    (quick protocol) into `--tables`, or by default into the per-user data directory
    (snrt.paths: $SNRT_DATA_DIR, else e.g. ~/.local/share/snrt/lookup_tables/). A run never
    writes into the repository's lookup_tables/ or the installed package;
@@ -110,17 +112,30 @@ def main(argv=None) -> int:
         return cli_args.fail("snrt-run", e)
 
 
-def _covered(table, key: str, threads: int, variants) -> list:
-    """The variants `table` holds no measurement of (onnxruntime fp32 at `threads`)."""
-    have = {e.variant for e in table.select(key, "onnxruntime", "fp32", threads)}
+def _current(table, bundle, threads: int, where: str | None = None) -> list:
+    """The entries of `bundle` (onnxruntime fp32 at `threads`) measured on the graphs it has
+    now; with `where`, one WARNING for the stale ones (snrt.lut_graphs)."""
+    from .lut_graphs import select_current, warn_stale
+
+    es, stale = select_current(table, bundle, "onnxruntime", "fp32", threads)
+    if where is not None:
+        warn_stale(stale, bundle, where)
+    return es
+
+
+def _covered(table, bundle, threads: int, variants, where: str | None = None) -> list:
+    """The variants `table` holds no current measurement of (onnxruntime fp32 at `threads`;
+    stale entries, measured on other graphs than the bundle's, do not count)."""
+    have = {e.variant for e in _current(table, bundle, threads, where)}
     return [v for v in variants if v.id not in have]
 
 
-def _find_table(first, dev, key: str, threads: int, variants, shipped: bool = True):
+def _find_table(first, dev, bundle, threads: int, variants, shipped: bool = True):
     """(table, its path) from the first directory (snrt.paths.table_dirs: --tables, the
     user's data directory, the shipped tables) whose table for this device holds every
-    variant at `threads`; (None, None) when none does. A damaged table is an error naming
-    the file, the entry and the repair command (LookupTable.load)."""
+    variant at `threads`, measured on the bundle's graphs; (None, None) when none does. A
+    damaged table is an error naming the file, the entry and the repair command
+    (LookupTable.load)."""
     from .lookup_table import LookupTable
     from .paths import is_shipped, table_dirs
 
@@ -130,7 +145,7 @@ def _find_table(first, dev, key: str, threads: int, variants, shipped: bool = Tr
         p = LookupTable.path_for(d, dev)
         if p.is_file():
             t = LookupTable.load(p)
-            if not _covered(t, key, threads, variants):
+            if not _covered(t, bundle, threads, variants, where=str(p)):
                 return t, p
     return None, None
 
@@ -158,7 +173,7 @@ def _bundle_table(args, rt, dev, shipped: bool = True) -> tuple[dict, dict]:
         print(f"  {'subnet' if subnets else 'anchor'} {v.id:4s} {v.flops / 1e6:9.1f} MFLOPs "
               f"{v.params / 1e6:6.3f} M params  top-1 {top1}")
     key = bundle_key(b)
-    table, tpath = _find_table(args.tables, dev, key, args.threads, b.variants, shipped)
+    table, tpath = _find_table(args.tables, dev, b, args.threads, b.variants, shipped)
     if args.rank == "accuracy" and not any(v.top1 is not None for v in b.variants) and not (
             table and _table_accuracy(table, key, args.threads)):
         raise SnrtError(f"{b.path}: no variant has a measured top-1 accuracy (in the bundle or "
@@ -172,7 +187,7 @@ def _bundle_table(args, rt, dev, shipped: bool = True) -> tuple[dict, dict]:
         tpath = LookupTable.path_for(write_dir, dev)
         if args.tables is not None and write_dir != args.tables:
             print(f"{args.tables} holds the shipped tables (read-only)")
-        missing = (_covered(LookupTable.load(tpath), key, args.threads, b.variants)
+        missing = (_covered(LookupTable.load(tpath), b, args.threads, b.variants)
                    if tpath.is_file() else list(b.variants))
         print(f"profiling {len(missing)} variants on {dev.id} -> {tpath}")
         prof = Profiler(b.path, tpath, protocol=Protocol(runs=15, warmup=2, min_seconds=0.2,
@@ -187,7 +202,7 @@ def _bundle_table(args, rt, dev, shipped: bool = True) -> tuple[dict, dict]:
                             "marked failed, rerun to measure them again")
     else:
         print(f"using lookup table {tpath}")
-    es = table.select(key, "onnxruntime", "fp32", args.threads)
+    es = _current(table, b, args.threads)
     base = {e.variant: e.p50_ms for e in es}
     acc = {v.id: v.top1 for v in b.variants if v.top1 is not None} or _table_accuracy(
         table, key, args.threads)
