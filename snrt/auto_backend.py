@@ -228,16 +228,28 @@ def plan_auto(bundle, table, *, threads: int = 1, budget_mb: float | None = None
     key = bundle_key(bundle)
     wanted = None if variants is None else {bundle.variant(k).id for k in variants}
     options, skipped = [], []
+    from .lut_graphs import remeasure_command, select_current, warn_stale
+
     for b in backends:
-        es = [e for e in table.select(key, b, None, threads)
-              if (precisions is None or e.precision in precisions)
-              and (wanted is None or e.variant in wanted)]
+        # entries measured on graphs the bundle no longer has are stale: ignored (warned)
+        current, stale = select_current(table, bundle, b, None, threads)
+        warn_stale(stale, bundle, "backend='auto'")
+
+        def wanted_entry(e):
+            return (precisions is None or e.precision in precisions) and (
+                wanted is None or e.variant in wanted)
+
+        es = [e for e in current if wanted_entry(e)]
         if not es:
+            old = [e for e in stale if wanted_entry(e)]
+            why = (f" ({len(old)} stale: measured on other graphs; measure them again: "
+                   f"{remeasure_command(bundle, b, old[0].precision, threads)})" if old else
+                   f": profile it (snrt-profile {bundle.path} --backend {b} --threads "
+                   f"{threads})")
             raise SnrtError(
                 f"lookup table {table.device.id} has no entries for backend '{b}' "
                 f"({key}, threads={threads}{f', precisions {precisions}' if precisions else ''})"
-                f": profile it (snrt-profile {bundle.path} --backend {b} --threads {threads}) or "
-                f"leave it out (Runtime(backend='auto', auto_backends=[...]))")
+                f"{why}, or leave it out (Runtime(backend='auto', auto_backends=[...]))")
         for e in es:
             try:
                 acc = option_accuracy(bundle, e.variant, b, e.precision)
