@@ -3,6 +3,7 @@
     snrt-run [BUNDLE] [--seconds 30] [--fps 30] [--threads 1] [--tables DIR]
              [--rank accuracy|flops]
     snrt-run elastic        # the bundled elastic family (POA subnets of the default's `b`)
+    snrt-run B --backend auto [--memory-budget-mb 40]   # backend x precision per variant
 
 BUNDLE: a bundle directory, `default` (SN-Net stitches of ti/s/b) or `elastic` (16 POA subnets
 w{48..96}d{6..12}, each with its measured top-1). One controller over both kinds at once:
@@ -22,6 +23,11 @@ snrt.multi_bundle.MultiRuntime(["default", "elastic"]).
    simulated battery that drains from 100% to 5% over `--seconds`, power saving switching on at
    30%; prints every switch and its reason, then a summary per battery band: variant used,
    latency, and accuracy on the labelled sample images.
+
+`--backend auto` (one bundle): instead of profiling onnxruntime, the runtime keeps, for each
+variant on the front of this device's lookup table over every backend x precision (TFLite files
+the bundle holds: snrt-export tflite), the fastest entry within `--memory-budget-mb`
+(snrt.auto_backend), and the controller switches between them, across backends, like variants.
 
 The controller ranks variants by measured top-1 (from the bundle, else the lookup table). A
 bundle with no accuracy (elastic subnets until evaluated) is refused before any profiling
@@ -86,6 +92,14 @@ def parser() -> argparse.ArgumentParser:
                          "when no variant has one, e.g. elastic subnets) or FLOPs (a proxy)")
     ap.add_argument("--threads", type=cli_args.threads, default=1,
                     help=f"intra-op threads, 1 to {cli_args.MAX_THREADS} (default 1)")
+    ap.add_argument("--backend", choices=("onnxruntime", "auto"), default="onnxruntime",
+                    help="onnxruntime (default), or auto: per variant on the lookup table's "
+                         "front, its fastest backend x precision (TFLite files the bundle "
+                         "holds: snrt-export tflite), switched between frames like variants")
+    ap.add_argument("--memory-budget-mb", type=cli_args.number(0.1, 1e7, what="a memory "
+                                                               "budget in MB"), default=None,
+                    help="with --backend auto: the memory its ready entries may take "
+                         "(TFLite files share no weights; default: no limit)")
     return ap
 
 
@@ -199,10 +213,14 @@ def _paced_median_ms(rt, variant: str, x, period_ms: float, seconds: float = 1.0
     """Median latency of `variant` run once per period (a frame, then sleep), as the frame loop
     runs it: on a shared VM that is often 1.3-3x the back-to-back figure in the lookup table,
     because the CPU idles between frames."""
+    from .controller import split_entry
+
+    vid, prec, backend = split_entry(variant)  # a candidate key (backend="auto": its entry)
+    kw = {"backend": backend, "precision": prec} if backend else {}
     lat = []
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < seconds or len(lat) < 5:
-        lat.append(rt.run(x, variant=variant).latency_ms)
+        lat.append(rt.run(x, variant=vid, **kw).latency_ms)
         _wait_for_frame(t0, len(lat), period_ms / 1000)
     return float(np.median(lat))
 
@@ -216,7 +234,8 @@ def _wait_for_frame(t_start: float, i: int, period_s: float, end_s: float = math
 
 
 def _run(args) -> int:
-    from .controller import Controller, PolicyConfig
+    from .auto_backend import device_table
+    from .controller import Controller, PolicyConfig, cand_key, split_entry
     from .device import describe_device
     from .monitor import SimulatedClock, SimulatedMonitor
     from .profile import resolve_bundle
@@ -224,8 +243,15 @@ def _run(args) -> int:
 
     t0 = time.monotonic()
     paths = [resolve_bundle(a) for a in args.bundle]
+    auto = args.backend == "auto"
+    if (auto or args.memory_budget_mb is not None) and len(paths) > 1:
+        raise SnrtError("--backend auto and --memory-budget-mb run one bundle")
+    if args.memory_budget_mb is not None and not auto:
+        raise SnrtError("--memory-budget-mb is an option of --backend auto")
     if len(paths) == 1:
-        rt = Runtime(paths[0], threads=args.threads)
+        rt = Runtime(paths[0], threads=args.threads, **(
+            {"backend": "auto", "memory_budget_mb": args.memory_budget_mb,
+             "table": device_table(first_dir=args.tables)} if auto else {}))
         runtimes = [rt]
     else:
         from .multi_bundle import MultiRuntime
@@ -237,6 +263,14 @@ def _run(args) -> int:
     acc: dict[str, float] = {}
     flops: dict[str, float] = {}
     for r in runtimes:
+        if auto:  # the plan's entries: keys "<id>|<backend>:<precision>"
+            print(f"bundle {r.bundle.path} — family {r.bundle.name}, backend auto, "
+                  f"{len(r.variants)} variants ready in {r.load_seconds:.1f}s "
+                  f"(RSS +{r.load_rss_mb or 0:.1f} MB)\n{r.plan.table()}")
+            base.update({e.key: e.p50_ms for e in r.plan.entries})
+            acc.update({e.key: e.accuracy for e in r.plan.entries})
+            flops.update({e.key: r.bundle.variant(e.variant).flops for e in r.plan.entries})
+            continue
         b_base, b_acc = _bundle_table(args, r, dev, shipped=len(runtimes) == 1)
         base.update(b_base)
         acc.update(b_acc)
@@ -246,6 +280,7 @@ def _run(args) -> int:
     best = max(base, key=lambda k: (score.get(k, -math.inf), -base[k]))
     samples = _samples(b)
     fps = args.fps
+    best_v, best_p, best_b = split_entry(best)
     if fps is None:
         # the most accurate variant takes 40% of the period as frames run: it fits the normal
         # budget (80%) even when neighbours double its latency, and not power saving's (40%)
@@ -264,10 +299,15 @@ def _run(args) -> int:
                      config=PolicyConfig(target_fps=fps, headroom=0.8, min_dwell_s=1.0))
     print(f"controller ranks by {args.rank} over {len(ctl.candidates)} Pareto variants: "
           + ", ".join(c.id for c in ctl.candidates))
-    rt.switch(best)
-    rt.on_switch(lambda e: print(f"  t={clock():5.1f}s battery "
-                                 f"{mon.read().battery_pct:5.1f}%  {e.from_id} -> {e.to_id}: "
-                                 f"{e.reason}"))
+    rt.switch(best_v, **({"backend": best_b, "precision": best_p} if best_b else {}))
+
+    def _name(vid, backend, precision):
+        return cand_key(vid, precision, backend) if auto else vid
+
+    rt.on_switch(lambda e: print(
+        f"  t={clock():5.1f}s battery {mon.read().battery_pct:5.1f}%  "
+        f"{_name(e.from_id, e.from_backend, e.from_precision)} -> "
+        f"{_name(e.to_id, e.to_backend, e.to_precision)}: {e.reason}"))
     rt.set_controller(ctl)
     print(f"running {secs:.0f}s of frames at {fps:.0f} FPS on {len(samples)} sample images; "
           "battery 100% -> 5%, power saving from 30%")
@@ -280,7 +320,8 @@ def _run(args) -> int:
         x, label = samples[i % len(samples)]
         res = rt.run(x)
         pred = b.labels[int(np.argmax(res.logits))] if b.labels else None
-        recs.append((now, mon.read().battery_pct, res.variant.id, res.latency_ms,
+        recs.append((now, mon.read().battery_pct,
+                     _name(res.variant.id, res.backend, res.precision), res.latency_ms,
                      None if label is None else pred == label))
         i += 1
         _wait_for_frame(t_start, i, period, secs)  # a long period does not outlast the run
