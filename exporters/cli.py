@@ -9,6 +9,7 @@
     snrt-export tflite tasks.snrt --task faces --variants s --precisions fp32,int8
     snrt-export info deit.snrt [--expect-digest sha256:...] [--rewrite]
     snrt-export regraph deit.snrt --ops standard|contrib|decomposed [--out new.snrt]
+    snrt-export regraph vit.snrt --ops standard|decomposed     # a subnet bundle
     snrt-export task deit.snrt --tuners faces.safetensors [--name faces] [--labels labels.txt]
         [--out copy.snrt]
     snrt-export --list
@@ -32,9 +33,10 @@ from snrt.variants import VariantSpace
 from snrt.version import __version__
 
 from . import subnet_cli
-from .onnx_export import AnchorFeatures, batched, export_onnx, regraph_bundle
+from .onnx_export import AnchorFeatures, batched, export_onnx
 from .onnx_graph import DEFAULT_OPS, OPS_FORMS
 from .registry import EXPORT_FORMATS
+from .regraph import regraph_bundle
 
 log = logging.getLogger("snrt.export")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
@@ -160,12 +162,14 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser(
         "regraph", help="re-export a bundle's graphs in another operator form (--ops)",
-        description="Rebuild every graph of an SN-Net bundle from its own weights.bin in the "
-                    "operator form --ops; weights.bin stays byte-identical (checked), and the "
-                    "family, accuracies and provenance are kept (the step is appended to "
-                    "provenance.regraphs). Tasks come along (their piece graphs rebuilt in the "
-                    "same form, task_<name>.bin byte-identical). For bundles of ONNX graphs "
-                    "only (no TFLite files: export those again after).")
+        description="Rebuild every graph of a bundle (SN-Net stitches or elastic subnets) from "
+                    "its own weights.bin in the operator form --ops; weights.bin and the tensor "
+                    "table stay identical and the variants' records (routes, FLOPs, params, "
+                    "accuracies), family and provenance are kept (checked; the step is "
+                    "appended to provenance.regraphs). Tasks come along (their piece graphs "
+                    "rebuilt in the same form, task_<name>.bin byte-identical). Subnet bundles "
+                    "take standard or decomposed. For bundles of ONNX graphs only (no TFLite "
+                    "or int8 files: export those again after).")
     r.add_argument("bundle")
     r.add_argument("--ops", choices=sorted(OPS_FORMS), default=DEFAULT_OPS,
                    help="operator form (default %(default)s)")

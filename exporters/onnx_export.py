@@ -143,8 +143,6 @@ class AnchorFeatures:
         self._tmp.cleanup()
 
 
-
-
 def batched(images: Iterable[np.ndarray], batch_size: int) -> Iterable[np.ndarray]:
     buf = []
     for im in images:
@@ -156,46 +154,23 @@ def batched(images: Iterable[np.ndarray], batch_size: int) -> Iterable[np.ndarra
         yield np.stack(buf)
 
 
-def regraph_bundle(src, out, *, ops: str = DEFAULT_OPS, progress: bool = False) -> Manifest:
-    """Re-export a bundle's graphs in operator form `ops` from the bundle's own weights.bin
-    (Bundle.load_family), keeping weights.bin byte-identical (checked) and every other record
-    (family, accuracies, stitch fit, provenance, with this step appended). For bundles whose
-    source weights are gone (the shipped default). Tasks come along: their piece graphs are
-    rebuilt in `ops` from the tensors the bundle stores, task_<name>.bin byte-identical
-    (exporters.task_regraph). TFLite files are not carried over: such bundles are refused
-    (re-export those after)."""
-    import datetime as _dt
-
-    from snrt.bundle import Bundle
-    from snrt.errors import SnrtError
-    from snrt.fileio import sha256_file
-    from snrt.version import __version__
-
+def regraph_stitches(bundle, writer: BundleWriter, ops: str, *,
+                     progress: bool = False) -> Manifest:
+    """Rebuild an SN-Net (or single-ViT) bundle's graphs in form `ops` from the bundle's own
+    weights.bin (Bundle.load_family) into `writer`; return the manifest (the stitch half of
+    exporters/regraph.py). Tasks come along: their piece graphs are rebuilt in `ops` from the
+    tensors the bundle stores, task_<name>.bin byte-identical (exporters.task_regraph)."""
     from .task_regraph import regraph_tasks
 
-    b = Bundle.open(src, verify=True)
-    old = b.manifest
-    if any(k != "onnx" for k in (old.exports or {})) or any(v.exports for v in old.variants) \
-            or any(t.exports for t in old.tasks):
-        raise SnrtError(f"{b.path}: has TFLite files; regraph a bundle of ONNX graphs only, "
-                        "then export those again")
-    family = b.load_family()
-    space = b.variant_space()
-    with BundleWriter(out) as w:
-        m = export_onnx(family, space, w, progress=progress, ops=ops)
-        rel = f"{GRAPHS}/{WEIGHTS_FILE}"
-        if w.files[rel]["sha256"] != sha256_file(b.file(rel)):
-            raise SnrtError(f"{b.path}: re-exported weights.bin differs from the bundle's; "
-                            "graphs not replaced")
-        if m.tensors != old.tensors:
-            raise SnrtError(f"{b.path}: re-exported tensor table differs; graphs not replaced")
-        m.tasks = regraph_tasks(b, family, w, ops)
-        m.family = old.family
-        m.stitch_fit = old.stitch_fit
-        m.provenance = dict(old.provenance)
-        m.provenance.setdefault("regraphs", []).append({
-            "tool": "exporters.onnx_export.regraph_bundle", "ops": ops,
-            "from_digest": old.digest, "snrt_version": __version__,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
-        w.commit(m)
+    family = bundle.load_family()
+    m = export_onnx(family, bundle.variant_space(), writer, progress=progress, ops=ops)
+    m.tasks = regraph_tasks(bundle, family, writer, ops)
     return m
+
+
+def regraph_bundle(src, out, **kwargs) -> Manifest:
+    """snrt-export regraph's entry point, which lives in exporters/regraph.py (one for every
+    bundle kind); kept here for callers that import it from this module."""
+    from .regraph import regraph_bundle as entry
+
+    return entry(src, out, **kwargs)

@@ -22,6 +22,9 @@ from snrt.family.supernet import load_supernet
 from snrt.variants.common import SpaceSpecError
 from snrt.variants.subnets import SubnetSpace, builtin_table
 
+from .onnx_graph import DEFAULT_OPS
+from .subnet_graph import SUBNET_OPS
+
 log = logging.getLogger("snrt.export")
 
 HELP = """Export the elastic subnets of one supernet (a timm ViT state dict, or a POA teacher
@@ -51,6 +54,10 @@ def add_parser(sub) -> None:
     s.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
     s.add_argument("--standalone", metavar="ID", help="write only this subnet, as one "
                    "self-contained ONNX file at --out")
+    s.add_argument("--ops", choices=SUBNET_OPS, default=DEFAULT_OPS,
+                   help="operator form of the graphs (default %(default)s): standard = ONNX "
+                        "opset 23 Attention, Gelu, LayerNormalization; decomposed = opset 17, "
+                        "attention as MatMul/Softmax, GELU as Erf (snrt-export regraph converts)")
     s.add_argument("--name", help="family name recorded in the bundle (default: the file's)")
     s.add_argument("--out", required=True, help="bundle directory (or .onnx with --standalone)")
     s.add_argument("--force", action="store_true", help="replace an existing output")
@@ -120,7 +127,7 @@ def run(args, argv) -> int:
     if args.standalone:
         from .subnet_export import export_standalone
 
-        export_standalone(net, space, args.standalone, out)
+        export_standalone(net, space, args.standalone, out, ops=args.ops)
         log.info("wrote %s: subnet %s, %.1f MB", out, args.standalone, out.stat().st_size / 1e6)
         return 0
     if args.archs:
@@ -145,7 +152,7 @@ def run(args, argv) -> int:
              net.name, net.config.embed_dim, net.config.depth, net.num_params / 1e6,
              space.kind, space.size(), len(space))
     with BundleWriter(out) as writer:
-        manifest = export_subnets(net, space, writer, progress=not args.quiet)
+        manifest = export_subnets(net, space, writer, progress=not args.quiet, ops=args.ops)
         manifest.provenance.update({
             "tool": "snrt-export subnets",
             "command": shlex.join(["snrt-export"] + (argv if argv is not None else sys.argv[1:])),

@@ -35,19 +35,20 @@ from snrt.variants.subnets import SUPERNET, SubnetSpace, SubPiece
 from .onnx_graph import DEFAULT_OPS, WEIGHTS_FILE, WeightStore, ops_ir_version, ops_opsets
 
 VIEW = re.compile(r"(.+)\[(\d+):(\d+)\]$")
+SUBNET_OPS = ("standard", "decomposed")  # the operator forms subnet graphs are built in
 _TRANSPOSED = ("attn.proj.weight", "mlp.fc2.weight", "head.weight")
 
 
 class SubnetGraphBuilder:
     """Piece (or whole-subnet) graphs over one WeightStore; inline=True embeds the sliced
     arrays instead (a self-contained standalone ONNX file). ops: "standard" (opset 23
-    Attention on the [B, heads, N, hd] q/k/v, Gelu) or "decomposed" (opset 17, as before);
+    Attention on the 3-D [B, N, heads*hd] q/k/v, Gelu) or "decomposed" (opset 17, as before);
     onnxruntime's contrib form is for stitch families only."""
 
     def __init__(self, supernet: Supernet, space: SubnetSpace, store: WeightStore | None = None,
                  *, inline: bool = False, ops: str = DEFAULT_OPS):
-        if ops not in ("standard", "decomposed"):
-            raise ValueError(f"subnet graphs take ops 'standard' or 'decomposed', not '{ops}'")
+        if ops not in SUBNET_OPS:
+            raise ValueError(f"subnet graphs take ops {' or '.join(SUBNET_OPS)}, not '{ops}'")
         self.ops, self.opsets = ops, ops_opsets(ops)
         self.net, self.space = supernet, space
         self.store = store if store is not None else WeightStore()
@@ -154,11 +155,14 @@ class SubnetGraphBuilder:
             w = self._weight(g, pre + "attn.qkv.weight", (j * D, j * D + a), W, s)
             y = g.op("Gemm", [h, w, self.view(g, pre + "attn.qkv.bias", j * D, j * D + a)],
                      transB=1)
-            y = g.op("Reshape", [y, g.const([-1, N, p.heads, hd])])
-            qkv.append(g.op("Transpose", [y], perm=[0, 2, 1, 3]))  # [B, heads, N, hd]
+            if self.ops == "standard":
+                qkv.append(g.op("Reshape", [y, g.const([-1, N, a])]))  # [B, N, heads*hd]
+            else:
+                y = g.op("Reshape", [y, g.const([-1, N, p.heads, hd])])
+                qkv.append(g.op("Transpose", [y], perm=[0, 2, 1, 3]))  # [B, heads, N, hd]
         q, k, v = qkv
-        if self.ops == "standard":  # 4-D inputs: heads from the shapes, scale 1/sqrt(hd)
-            o = g.op("Transpose", [g.op("Attention", [q, k, v])], perm=[0, 2, 1, 3])
+        if self.ops == "standard":  # 3-D in and out (no transposes), scale 1/sqrt(hd)
+            o = g.op("Attention", [q, k, v], q_num_heads=p.heads, kv_num_heads=p.heads)
         else:
             q = g.op("Mul", [q, g.const(np.float32(hd ** -0.5), np.float32)])
             att = g.op("Softmax", [g.op("MatMul", [q, g.op("Transpose", [k],

@@ -92,11 +92,10 @@ class SubnetTFLite:
     reference logits."""
 
     def __init__(self, bundle: Bundle):
-        fam = bundle.load_family()
-        a = fam.anchors[0]
+        from .subnet_export import supernet_from_bundle
+
         self.space: SubnetSpace = bundle.variant_space()
-        self.net = Supernet(bundle.name, a.config, a.weights, head_dim=self.space.head_dim,
-                            preprocess=bundle.preprocess, labels=bundle.labels)
+        self.net = supernet_from_bundle(bundle)
 
     def reference(self, sid: str, x: np.ndarray) -> np.ndarray:
         """onnxruntime on the subnet's standalone ONNX graph (as --standalone writes it)."""

@@ -45,7 +45,14 @@ def _parser() -> argparse.ArgumentParser:
                         "write it into this device's lookup table")
     p.add_argument("--verify-front", action="store_true",
                    help="measure the top-1 of every front member before the table is written "
-                        "(the measured value replaces the prediction)")
+                        "(the measured value replaces the prediction), refit the accuracy "
+                        "predictor on them and search again, until the front is all measured")
+    p.add_argument("--optimism", type=cli_args.number(0, 100, what="sigmas"), default=1.0,
+                   help="--verify-front: an unmeasured subnet scores its predicted top-1 plus "
+                        "this many sigmas, so one the predictor under-rates still gets measured "
+                        "(default 1; 0: the prediction)")
+    p.add_argument("--verify-rounds", type=cli_args.int_range(1, 1000, "a count"), default=5,
+                   help="--verify-front: at most this many searches (default 5)")
     p.add_argument("--table", type=cli_args.out_file(".json"), default=None,
                    help="lookup table (default: this device's in the per-user data directory)")
     p.add_argument("--out", type=cli_args.out_file(".json"), default=None,
@@ -120,9 +127,16 @@ def _main(args) -> int:
 
 def _front(args, bundle, space, model, data, store) -> None:
     from .accuracy import measure
+    from .accuracy_model import AccuracyModel
     from .chain_latency import model_from_table
     from .device import describe_device
-    from .front_search import SearchSettings, search_front, verify_front, write_front
+    from .front_search import (
+        SearchSettings,
+        refine_front,
+        search_front,
+        verify_front,
+        write_front,
+    )
     from .lookup_table import LookupTable, bundle_key
     from .paths import user_tables_dir
 
@@ -133,10 +147,33 @@ def _front(args, bundle, space, model, data, store) -> None:
     settings = SearchSettings(population=args.population, generations=args.generations,
                               seed=args.seed)
 
-    def objectives(ids):
-        return model.predict(ids)[0], lat_model.predict(ids)[0]
+    def measure_one(vid):
+        measure(bundle, [vid], data, store, progress=False, threads=args.threads)
+        return store.measured()[vid]
 
-    front, _ = search_front(space, objectives, settings)
+    if args.verify_front:
+        # search, measure the front, refit on what was measured, search again until the front
+        # is all measured (snrt.front_search.refine_front)
+        def fit(measured):
+            m = AccuracyModel(space).fit(measured)
+
+            def predict(ids):  # latency as the table will show it: measured where timed
+                acc, sd = m.predict(ids)
+                return acc, lat_model.latency(ids), sd
+            return predict
+
+        done = {k: r["top1"] for k, r in store.measured().items()}
+        ref = refine_front(space, fit, lambda v: measure_one(v)["top1"], done, settings,
+                           max_rounds=args.verify_rounds, optimism=args.optimism)
+        front = ref.front
+        model = AccuracyModel(space).fit(ref.measured)
+        log.info("front verified: %d searches, %d members measured during them%s", ref.rounds,
+                 len(ref.measured) - len(done),
+                 "" if ref.complete else f" (round limit {args.verify_rounds}: the last front's "
+                 "members measured, the ones they dominate dropped)")
+    else:
+        front, _ = search_front(space, lambda ids: (model.predict(ids)[0],
+                                                    lat_model.latency(ids)), settings)
     acc_m, acc_s = model.predict(front)
     lat_m, lat_s = lat_model.predict(front)
     measured = store.measured()
@@ -150,13 +187,10 @@ def _front(args, bundle, space, model, data, store) -> None:
             r = measured[e.variant]
             f.update({"accuracy_status": "measured", "n": r["n"], "ci95": r["ci95"]})
     log.info("front: %d members (search %s)", len(front), settings)
-    if args.verify_front:
-        def measure_one(vid):
-            measure(bundle, [vid], data, store, progress=False, threads=args.threads)
-            return store.measured()[vid]
-
+    if args.verify_front:  # nothing left after refine_front; kept as the guarantee
         n = verify_front(table, bundle, measure_one, threads=args.threads)
-        log.info("verified the front: %d members measured", n)
+        if n:
+            log.info("verified %d more front members", n)
     table.save(path)
     for vid in front:
         e = table.get(bundle_key(bundle), vid, threads=args.threads)

@@ -72,8 +72,8 @@ def candidate_pool(space, n: int, seed: int = 0) -> list[str]:
     """The whole grid (POA) or `n` seeded random members (UFO), with the extremes first."""
     if space.kind == "poa":
         pool = space.grid()
-    else:
-        pool = space.sample(n, seed=seed)
+    else:  # at most the space's size: sample() tries 100 draws per member it cannot find
+        pool = space.sample(min(n, int(space.size())), seed=seed)
     first = [x for x in space.extremes()]
     return first + [p for p in pool if p not in first]
 

@@ -17,6 +17,12 @@ measured ones more, benchmarks/ufo_loop_bench.py); with none the prediction is t
 From MIN_MEASURED on, the scale or the GP, whichever predicts the measured subnets better held
 out (k-fold on the measured ones only): a GP on 6 noisy timings can bend where a scale holds.
 
+`snrt-profile B.snrt --pieces --sample N --rounds K` times every piece and the N subnets in the
+same K shuffled round-robin rounds (`measure_together`): timed in separate passes, the load
+on a shared machine shifted pieces and whole chains differently between the passes
+(measured / sum of pieces 1.02-1.18 on quiet runs, 0.73-0.92 in one loaded run), which no
+correction fitted on one pass can follow.
+
 Piece latencies are kept in the lookup table's `bundles[<key>]["pieces"]["<backend>/<precision>/
 <threads>"] = {piece id: {"p50_ms", "quiet_ms"}}` (the table's free-form bundle record, so the
 controller, which reads entries only, never sees pieces as variants).
@@ -51,12 +57,33 @@ def piece_latencies(table: LookupTable, key: str, backend: str = "onnxruntime",
     return {pid: float(r[stat]) for pid, r in rec.items()}
 
 
-def measure_pieces(bundle: Bundle, *, threads: int = 1, rounds: int = 20, burst_runs: int = 5,
-                   timer: Callable[[], float] = time.perf_counter, progress: bool = True
-                   ) -> dict[str, dict]:
-    """Every piece of the bundle's space, timed in `rounds` shuffled round-robin bursts in one
-    process (the interleaved protocol of snrt.profile: drift hits every piece alike). Returns
-    {piece id: {"p50_ms": lowest burst median, "quiet_ms": lowest burst p10}}."""
+STATS = {  # a piece's or a subnet's latency from its per-round bursts: (p50s, p10s) -> ms
+    "quiet": lambda p50, p10: float(np.min(p10)),  # lowest burst p10 (snrt-profile's quiet_ms)
+    "median_p10": lambda p50, p10: float(np.median(p10)),
+    "median_p50": lambda p50, p10: float(np.median(p50)),
+    "low_p10": lambda p50, p10: float(np.percentile(p10, 25)),
+}
+
+
+def round_stat(bursts: list[tuple[float, float]], stat: str = "quiet") -> float:
+    """One latency (ms) from per-round (burst median, burst p10) pairs, by STATS[stat]."""
+    a = np.asarray(bursts, dtype=np.float64)
+    return STATS[stat](a[:, 0], a[:, 1])
+
+
+def measure_together(bundle: Bundle, subnets: tuple[str, ...] | list[str] = (), *,
+                     copies: int = 1, threads: int = 1, rounds: int = 20, burst_runs: int = 5,
+                     timer: Callable[[], float] = time.perf_counter,
+                     run_subnet: Callable[[str], None] | None = None, progress: bool = True
+                     ) -> tuple[dict[str, list], dict[str, list[list]]]:
+    """Every piece of the bundle's space and every subnet in `subnets` (whole, through the
+    Runtime, `copies` times each as separate items), timed in the same `rounds` shuffled
+    round-robin rounds in one process: each item gets one untimed run, then a burst of
+    `burst_runs` timed runs, so pieces and whole chains see the same mix of quiet and busy
+    stretches (drift between a pieces pass and a subnets pass was the larger error,
+    benchmarks/ufo_loop_bench.py). Two copies of a subnet are two measurements in one run: how
+    well they agree is the measurement's own repeatability. Returns ({piece id: [(burst p50,
+    burst p10) per round]}, {subnet id: [[(p50, p10) per round] per copy]}) in ms."""
     from .backends.ort import open_session
     from .progress import Progress
 
@@ -73,24 +100,57 @@ def measure_pieces(bundle: Bundle, *, threads: int = 1, rounds: int = 20, burst_
         name, out = s.get_inputs()[0].name, s.get_outputs()[0].name
         for _ in range(2):
             s.run([out], {name: x})
-        steps[pid] = (s, name, out, x)
-    bursts: dict[str, list[tuple[float, float]]] = {p: [] for p in pids}
-    with Progress(rounds, "pieces", enabled=progress) as bar:
+        steps[pid] = (lambda s=s, name=name, out=out, x=x: s.run([out], {name: x}))
+    rt = None
+    if subnets and run_subnet is None:
+        from .runtime import Runtime
+
+        rt = Runtime(bundle, threads=threads, variants=list(dict.fromkeys(subnets)),
+                     lazy=True, verify=False)
+        shape = [1 if isinstance(d, str) else d for d in bundle.manifest.input["shape"]]
+        xin = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+
+        def run_subnet(vid):
+            rt.run(xin, variant=vid)
+    items = [("p", pid, 0) for pid in pids] + [("s", v, c) for v in dict.fromkeys(subnets)
+                                               for c in range(copies)]
+    for kind, vid, c in items:
+        if kind == "s" and c == 0:
+            for _ in range(2):
+                run_subnet(vid)
+    pieces: dict[str, list] = {p: [] for p in pids}
+    whole: dict[str, list[list]] = {v: [[] for _ in range(copies)] for v in subnets}
+    with Progress(rounds, "pieces and subnets", enabled=progress) as bar:
         for r in range(rounds):
-            order = list(pids)
+            order = list(range(len(items)))
             np.random.default_rng([0x9C3E, r]).shuffle(order)
-            for pid in order:
-                s, name, out, x = steps[pid]
-                s.run([out], {name: x})
+            for i in order:
+                kind, key, c = items[i]
+                call = steps[key] if kind == "p" else (lambda key=key: run_subnet(key))
+                call()
                 lat = []
                 for _ in range(burst_runs):
                     t0 = timer()
-                    s.run([out], {name: x})
+                    call()
                     lat.append((timer() - t0) * 1e3)
-                bursts[pid].append((float(np.median(lat)), float(np.percentile(lat, 10))))
+                pair = (float(np.median(lat)), float(np.percentile(lat, 10)))
+                (pieces[key] if kind == "p" else whole[key][c]).append(pair)
             bar.update()
+    if rt is not None:
+        rt.close()
+    return pieces, whole
+
+
+def measure_pieces(bundle: Bundle, *, threads: int = 1, rounds: int = 20, burst_runs: int = 5,
+                   timer: Callable[[], float] = time.perf_counter, progress: bool = True
+                   ) -> dict[str, dict]:
+    """Every piece of the bundle's space, timed in `rounds` shuffled round-robin bursts in one
+    process (the interleaved protocol of snrt.profile: drift hits every piece alike). Returns
+    {piece id: {"p50_ms": lowest burst median, "quiet_ms": lowest burst p10}}."""
+    pieces, _ = measure_together(bundle, threads=threads, rounds=rounds, burst_runs=burst_runs,
+                                 timer=timer, progress=progress)
     return {pid: {"p50_ms": min(b[0] for b in bs), "quiet_ms": min(b[1] for b in bs)}
-            for pid, bs in bursts.items()}
+            for pid, bs in pieces.items()}
 
 
 def store_pieces(table: LookupTable, bundle: Bundle, pieces: dict[str, dict], *,
@@ -115,6 +175,7 @@ class ChainLatencyModel:
         self.gp = None
         self.scale, self.scale_sd, self.chosen = 1.0, float("nan"), "sum"
         self.trained_on = 0
+        self.measured: dict[str, float] = {}
 
     def features(self, ids: list[str]) -> np.ndarray:
         rows = []
@@ -133,6 +194,7 @@ class ChainLatencyModel:
         predicts the measured subnets better held out (k-fold, at most 10 folds, on the
         measured ones only)."""
         self.trained_on = len(measured)
+        self.measured = dict(measured)
         self.scale, self.gp, self.scale_sd = 1.0, None, float("nan")
         self.chosen = "sum" if not measured else "scale"
         if not measured:
@@ -177,6 +239,13 @@ class ChainLatencyModel:
             return mean, mean * self.scale_sd
         corr, std = self.gp.predict(X, include_noise=include_noise)
         return X[:, 0] + corr, std
+
+
+    def latency(self, ids: list[str]) -> np.ndarray:
+        """What a lookup table holds for `ids` (ms): the measured latency of the subnets the
+        model was fitted on, the prediction for the rest."""
+        out = self.predict(ids)[0]
+        return np.array([self.measured.get(v, m) for v, m in zip(ids, out)], dtype=float)
 
 
 def model_from_table(table: LookupTable, bundle: Bundle, *, backend: str = "onnxruntime",

@@ -54,6 +54,10 @@ fp32, "<id>|int8" for int8. Its latency is the lookup table's entry at that prec
 accuracy the manifest's (exports.precisions.int8.accuracy); the front and the rules above are
 the same, so under power saving `b|int8` is kept when it is more accurate than `ti` and fits.
 The controller switches with `rt.switch(id, precision=...)`; tasks stay fp32.
+Backend is the same kind of dimension: a `Runtime(backend="auto")` keeps (variant, backend,
+precision) entries (snrt.auto_backend), keyed "<id>|<backend>:<precision>"
+(`cand_key(id, precision, backend)`), and `Controller.auto` takes their latencies and
+accuracies from the runtime's plan; decisions are the same, the switch passes `backend=`.
 
 `decide()` is a pure function of (state, estimates, current, time): easy to test and tune.
 """
@@ -73,6 +77,7 @@ from pathlib import Path
 from .controller_tasks import TaskFront, front_from_bundle, task_candidates
 from .errors import SnrtError
 from .lookup_table import LookupTable, LookupTableError, bundle_key, pareto_front
+from .lut_graphs import select_current, warn_stale
 from .monitor import Monitor, PowerState, SystemMonitor
 
 log = logging.getLogger(__name__)
@@ -82,15 +87,36 @@ log = logging.getLogger(__name__)
 KEY_SEP = "|"
 
 
-def cand_key(variant: str, precision: str | None = "fp32") -> str:
-    """The candidate key of (variant, precision): the id itself for fp32."""
+BACKEND_SEP = ":"  # backend="auto": "<id>|<backend>:<precision>" (snrt.auto_backend)
+
+
+def cand_key(variant: str, precision: str | None = "fp32", backend: str | None = None) -> str:
+    """The candidate key of (variant, precision[, backend]): the id itself for fp32 on a
+    single-backend runtime; "<id>|<backend>:<precision>" when the backend is a dimension too
+    (Runtime(backend="auto"))."""
+    if backend is not None:
+        return f"{variant}{KEY_SEP}{backend}{BACKEND_SEP}{precision or 'fp32'}"
     return variant if precision in (None, "fp32") else f"{variant}{KEY_SEP}{precision}"
+
+
+def split_entry(key: str) -> tuple[str, str, str | None]:
+    """(variant id, precision, backend or None) of a candidate key."""
+    vid, _, rest = key.partition(KEY_SEP)
+    backend, sep, prec = rest.partition(BACKEND_SEP)
+    if not sep:
+        return vid, rest or "fp32", None
+    return vid, prec or "fp32", backend
 
 
 def split_key(key: str) -> tuple[str, str]:
     """(variant id, precision) of a candidate key."""
-    vid, _, prec = key.partition(KEY_SEP)
-    return vid, prec or "fp32"
+    vid, prec, _ = split_entry(key)
+    return vid, prec
+
+
+def keyed_by_backend(keys) -> bool:
+    """Whether candidate keys carry the backend (a backend="auto" runtime's)."""
+    return any(split_entry(k)[2] is not None for k in keys)
 
 
 def precision_accuracy(bundle, precision: str) -> dict[str, float]:
@@ -391,6 +417,7 @@ class Controller:
         self._clean_since = float("-inf")  # time of the last miss
         self.deadline_misses = 0  # all frames, all variants (for status and apps)
         self._lock = threading.Lock()
+        self._keyed = keyed_by_backend(self.base_ms)  # candidates name their backend
         self.candidates = self._candidates()
 
     # -- construction ------------------------------------------------------------------------
@@ -410,14 +437,27 @@ class Controller:
         if hasattr(rt, "auto_controller"):  # a MultiRuntime: each bundle's figures, one front
             return rt.auto_controller(table=table, monitor=monitor, config=config,
                                       backend=backend, precision=precision, rank=rank)
+        plan = getattr(rt, "plan", None)
+        if plan is not None:  # backend="auto": the entries it keeps, from its lookup table
+            ctl = cls(monitor or SystemMonitor(), {e.key: e.p50_ms for e in plan.entries},
+                      {e.key: e.accuracy for e in plan.entries},
+                      config=config or PolicyConfig(), rank=rank or "accuracy",
+                      flops={e.key: rt.bundle.variant(e.variant).flops for e in plan.entries})
+            ctl.source = "the backend='auto' plan (lookup table)"
+            return ctl
         base, source = None, None
         tbl = _find_table(table)
-        if tbl is not None:
+        if tbl is not None:  # entries measured on other graphs than the bundle's are ignored
             key = bundle_key(rt.bundle)
-            es = tbl.select(key, backend or rt.backend_name, precision, rt.threads)
+            where = f"lookup table {tbl.device.id}"
+            es, stale = select_current(tbl, rt.bundle, backend or rt.backend_name, precision,
+                                       rt.threads)
+            warn_stale(stale, rt.bundle, where)
             if es:
                 base = {e.variant: e.p50_ms for e in es}
                 source = f"lookup table {tbl.device.id}"
+            elif stale:
+                source = f"FLOPs (the entries of {where} are stale)"
             else:
                 log.warning("lookup table %s has no entries for %s/%s/%s threads=%d; using "
                             "FLOPs estimates", tbl.device.id, key, backend or rt.backend_name,
@@ -426,7 +466,7 @@ class Controller:
         if base is None:
             # 1 ms per GFLOP is a placeholder scale; the contention feedback corrects it
             base = {v.id: max(v.flops / 1e9, 1e-3) for v in rt.variants}
-            source = "FLOPs (no lookup table for this device)"
+            source = source or "FLOPs (no lookup table for this device)"
         base = {k: v for k, v in base.items() if k in ids}
         acc = {v.id: v.top1 for v in rt.variants if v.top1 is not None}
         infos = {k: rt.bundle.variant(k) for k in base}
@@ -441,8 +481,11 @@ class Controller:
         extra = [p for p in (precisions if precisions is not None
                              else getattr(rt, "precisions", [precision])) if p != precision]
         for p in extra:
-            pes = tbl.select(key, backend or rt.backend_name, p, rt.threads) \
-                if tbl is not None else []
+            pes = []
+            if tbl is not None:
+                pes, stale = select_current(tbl, rt.bundle, backend or rt.backend_name, p,
+                                            rt.threads)
+                warn_stale(stale, rt.bundle, where)
             pacc = precision_accuracy(rt.bundle, p)
             got = [e for e in pes if e.variant in ids and (rank != "accuracy" or
                                                            e.variant in pacc)]
@@ -461,8 +504,11 @@ class Controller:
                  len(base), rank)
         tasks = {}
         for t in getattr(rt, "tasks", []):  # each task's entries, else the backbone's figures
-            tes = (tbl.select(key, backend or rt.backend_name, precision, rt.threads,
-                              task=t.name) if tbl is not None else [])
+            tes = []
+            if tbl is not None:
+                tes, stale = select_current(tbl, rt.bundle, backend or rt.backend_name,
+                                            precision, rt.threads, task=t.name)
+                warn_stale(stale, rt.bundle, where)
             got = {e.variant: e.p50_ms for e in tes if e.variant in ids}
             tasks[t.name] = front_from_bundle(
                 t, got or base, f"lookup table {tbl.device.id}" if got else
@@ -622,7 +668,7 @@ class Controller:
         rec_task = getattr(rec, "task", None)
         front = self._fronts.get(rec_task)  # per-call task= frames: their own front
         base = (self.base_ms if rec_task == self.task else
-                front.base_ms if front is not None else {}).get(_rec_key(rec))
+                front.base_ms if front is not None else {}).get(_rec_key(rec, self._keyed))
         if base is not None and rec.batch == 1:
             self.contention.update(rec.latency_ms, base)
         now = self.clock()
@@ -647,7 +693,7 @@ class Controller:
             self._last_decide = now
             state = self.monitor.read()
             home, home_budget = self._home or (None, float("inf"))
-            current = _rt_key(rt)
+            current = _rt_key(rt, self._keyed)
             d = decide(state, self.candidates, current, self.contention.value, now,
                        self._last_switch, self.config, self.dwell_s, self.miss_stats(now),
                        self._last_down, home, home_budget)
@@ -663,8 +709,10 @@ class Controller:
                 self.events.append(ControllerEvent(now, state.to_json(), _dec_json(d)))
                 if d.home:
                     self.contention.reset()
-                vid, prec = split_key(d.target)
-                if hasattr(rt, "current_precision"):
+                vid, prec, be = split_entry(d.target)
+                if be is not None:
+                    rt.switch(vid, reason=d.reason, precision=prec, backend=be)
+                elif hasattr(rt, "current_precision"):
                     rt.switch(vid, reason=d.reason, precision=prec)
                 else:
                     rt.switch(vid, reason=d.reason)
@@ -691,8 +739,8 @@ class Controller:
         """Record whether this frame missed the deadline in force. The miss window is per
         variant (a switch, by the controller or the app, starts it afresh); the time since the
         last miss is not: misses just before a step down still argue against stepping up."""
-        if _rec_key(rec) != self._miss_variant:
-            self._miss_variant = _rec_key(rec)
+        if _rec_key(rec, self._keyed) != self._miss_variant:
+            self._miss_variant = _rec_key(rec, self._keyed)
             self._miss_hist.clear()
             self.contention.new_variant()
         if self._deadline_ms is None:
@@ -738,18 +786,20 @@ class Controller:
                 "misses": _miss_json(self.miss_stats()), "deadline_misses": self.deadline_misses,
                 "dwell_s": self.dwell_s, "home": self._home[0] if self._home else None,
                 "current": rt.current.id if rt else None, "rank": self.rank,
-                "current_key": _rt_key(rt) if rt else None,
+                "current_key": _rt_key(rt, self._keyed) if rt else None,
                 "task": self.task, "tasks": [k for k in self._fronts if k is not None],
                 "candidates": [asdict(c) for c in self.candidates],
                 "config": asdict(self.config)}
 
 
-def _rec_key(rec) -> str:
-    return cand_key(rec.variant, getattr(rec, "precision", "fp32"))
+def _rec_key(rec, keyed: bool = False) -> str:
+    return cand_key(rec.variant, getattr(rec, "precision", "fp32"),
+                    getattr(rec, "backend", None) if keyed else None)
 
 
-def _rt_key(rt) -> str:
-    return cand_key(rt.current.id, getattr(rt, "current_precision", "fp32"))
+def _rt_key(rt, keyed: bool = False) -> str:
+    return cand_key(rt.current.id, getattr(rt, "current_precision", "fp32"),
+                    getattr(rt, "current_backend", None) if keyed else None)
 
 
 def _miss_json(m: MissStats) -> dict:
@@ -787,6 +837,8 @@ def _find_table(table) -> LookupTable | None:
     return None
 
 
-__all__ = ["KEY_SEP", "RANKS", "Budget", "Candidate", "ContentionEstimate", "Controller",
+__all__ = ["BACKEND_SEP", "KEY_SEP", "RANKS", "Budget", "Candidate", "ContentionEstimate",
+           "Controller",
            "Decision", "MissStats", "PolicyConfig", "TaskFront", "cand_key", "decide",
-           "frame_budget", "front_from_bundle", "split_key", "task_candidates"]
+           "frame_budget", "front_from_bundle", "keyed_by_backend", "split_entry", "split_key",
+           "task_candidates"]

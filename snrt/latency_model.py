@@ -71,10 +71,13 @@ def predict_table(table: LookupTable, bundle: Bundle) -> int:
     """Add a predicted entry for every variant of `bundle` without a measurement, for each
     (backend, precision, threads) that has at least MIN_MEASURED measurements. Returns the
     number of predictions written."""
+    from .lut_graphs import graphs_digest, select_current, stale_reason
+
     key = bundle_key(bundle)
     n = 0
     for backend, precision, threads in table.configs(key):
-        es = table.select(key, backend, precision, threads, measured_only=True)
+        # measured on the bundle's graphs only; a stale entry gives way to a prediction
+        es, _ = select_current(table, bundle, backend, precision, threads, measured_only=True)
         if len(es) < MIN_MEASURED:
             log.warning("%s/%s/%dt: %d measurements, need %d to predict the rest", backend,
                         precision, threads, len(es), MIN_MEASURED)
@@ -94,10 +97,14 @@ def predict_table(table: LookupTable, bundle: Bundle) -> int:
                 cond["quiet_uncertainty_ms"] = float(qs)
             # a lower quantile: never above the p50, as in every measured entry (two fits on a
             # few noisy rows can cross)
+            old = table.get(key, v.id, backend, precision, threads)
+            if old is not None and stale_reason(old, bundle):
+                table.entries.remove(old)
             table.put(Entry(bundle=key, variant=v.id, cfg_id=v.cfg_id, backend=backend,
                             precision=precision, threads=threads, p50_ms=float(m),
                             mean_ms=float(m), flops=v.flops, params=v.params, accuracy=v.top1,
                             predicted=True, uncertainty_ms=float(s),
-                            quiet_ms=None if q is None else float(min(q, m)), conditions=cond))
+                            quiet_ms=None if q is None else float(min(q, m)), conditions=cond,
+                            graphs=graphs_digest(bundle, v.id, backend, precision)))
             n += 1
     return n

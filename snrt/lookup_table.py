@@ -2,8 +2,9 @@
 
 File: `<device-id>.json` in a table directory (runs write to `lookup_tables/` in the per-user
 data directory, snrt.paths; the repository's `lookup_tables/` holds the shipped, read-only
-ones), schema `snrt.lookup_table` version 2, or 3 when some entry has a `task` (version 1
-files, without `quiet_ms`, are still read):
+ones), schema `snrt.lookup_table` version 2, 3 when some entry has a `task`, 4 when some entry
+records the graphs it was measured on (`graphs`; version 1 files, without `quiet_ms`, are
+still read):
 
     {"schema": "snrt.lookup_table", "schema_version": 2,
      "device": DeviceInfo,                        # snrt.device
@@ -12,7 +13,11 @@ files, without `quiet_ms`, are still read):
 
 An Entry is one variant on one backend/precision/thread count, with the backbone's own head
 (`task` absent) or with one of the bundle's tasks (`task`: its name; the variant's chain with
-the task's tuners and head, `snrt-profile --tasks`; version 3). Measured entries hold the
+the task's tuners and head, `snrt-profile --tasks`; version 3). `graphs` (version 4) is a
+digest of the files whose form sets the entry's latency (the ONNX graphs of the variant's route
+for onnxruntime, its .tflite file for TFLite: snrt.lut_graphs.graphs_digest); an entry whose
+digest differs from the bundle's now is stale (regraphed, re-exported) and is ignored by the
+controller and snrt-run and re-measured by snrt-profile (snrt.lut_graphs). Measured entries hold the
 statistics `snrt-profile` collects (TFLite benchmark_model / onnxruntime_perf_test style:
 warm-up, then timed runs: count, mean, std, min, p50, p90, p99, max, first run, load time, peak
 RSS) and the conditions during measurement, plus `quiet_ms` (version 2): the variant's latency
@@ -37,7 +42,9 @@ from .fileio import atomic_write_json
 SCHEMA = "snrt.lookup_table"
 SCHEMA_VERSION = 2  # written when no entry has a task
 TASKS_VERSION = 3  # written when some entry has a task (older snrt refuses the field)
-READS_VERSIONS = (1, 2, 3)  # version 1: the same without quiet_ms
+GRAPHS_VERSION = 4  # written when some entry records its graphs (older snrt refuses the field,
+# and would use entries measured on graphs the bundle no longer has)
+READS_VERSIONS = (1, 2, 3, 4)  # version 1: the same without quiet_ms
 ALL_TASKS = object()  # select(task=ALL_TASKS): entries of every task and of the backbone
 
 
@@ -77,6 +84,7 @@ class Entry:
     timestamp: str | None = None
     error: str | None = None  # set when the variant could not be measured
     task: str | None = None  # None: the backbone's own head; else the task whose tuners ran
+    graphs: str | None = None  # digest of the files measured (snrt.lut_graphs); None: unknown
 
     @property
     def key(self) -> tuple:
@@ -111,6 +119,8 @@ class Entry:
                 raise LookupTableError(f"{name} must be a string")
         if e.task is not None and (not isinstance(e.task, str) or not e.task):
             raise LookupTableError(f"task must be a task name or absent, got {e.task!r}")
+        if e.graphs is not None and (not isinstance(e.graphs, str) or not e.graphs):
+            raise LookupTableError(f"graphs must be a digest string or absent, got {e.graphs!r}")
         return e
 
 
@@ -195,7 +205,9 @@ class LookupTable:
 
     def to_json(self) -> dict:
         tasks = any(e.task is not None for e in self.entries)
-        return {"schema": SCHEMA, "schema_version": TASKS_VERSION if tasks else SCHEMA_VERSION,
+        graphs = any(e.graphs is not None for e in self.entries)
+        version = GRAPHS_VERSION if graphs else TASKS_VERSION if tasks else SCHEMA_VERSION
+        return {"schema": SCHEMA, "schema_version": version,
                 "device": self.device.to_json(), "bundles": self.bundles,
                 "entries": [e.to_json() for e in self.entries]}
 

@@ -430,6 +430,8 @@ def _exports(v: _Checker, ex: Any, fld: str, files: dict) -> None:
                 v.number(rec[k], f"{sub}.{k}", 0.0)
         if "top1_agreement" in rec:
             v.number(rec["top1_agreement"], sub + ".top1_agreement", 0.0, 1.0)
+        if "accuracy" in rec:  # measured top-1 of the file (tools/default_family_tflite.py)
+            _accuracy(v, rec["accuracy"], sub + ".accuracy")
 
 
 def _tensors(v: _Checker, tensors: Any, files: dict, space) -> None:

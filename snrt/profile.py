@@ -47,6 +47,9 @@ Each measurement loads only what it runs (`Runtime(tasks=[])` or `tasks=[name]`)
 Results are written atomically after every variant (isolated) or every round (interleaved,
 with running statistics): Ctrl-C leaves a valid table, and a rerun of the same command resumes
 (interleaved: by rounds, an interrupted round is measured again; `--fresh` starts over).
+Every entry records the graphs it was measured on (`graphs`, snrt.lut_graphs); an entry whose
+graphs the bundle no longer has (`snrt-export regraph`, a TFLite re-export) is stale and is
+measured again like a missing one (the run says how many).
 Conditions during the run (CPU load of other processes, frequency, temperature, battery) come
 from snrt.monitor.
 """
@@ -71,6 +74,7 @@ import numpy as np
 from .bundle import Bundle, VariantInfo
 from .errors import SnrtError
 from .lookup_table import Entry, LookupTable, bundle_key
+from .lut_graphs import graphs_digest, stale_reason
 from .progress import Progress
 
 log = logging.getLogger("snrt.profile")
@@ -332,11 +336,13 @@ class Profiler:
             self.table = LookupTable.load(self.table_path)
         else:
             self.table = LookupTable.new()
-        self.table.bundles[self.key] = {"name": self.bundle.name,
-                                        "weights_sha256": self.bundle.manifest.files[
-                                            "graphs/weights.bin"]["sha256"],
-                                        "variants": len(self.bundle.variants),
-                                        "path": str(self.bundle.path)}
+        sha = self.bundle.manifest.files["graphs/weights.bin"]["sha256"]
+        old = self.table.bundles.get(self.key, {})
+        rec = {"name": self.bundle.name, "weights_sha256": sha,
+               "variants": len(self.bundle.variants), "path": str(self.bundle.path)}
+        if "pieces" in old and old.get("weights_sha256", sha) == sha:
+            rec["pieces"] = old["pieces"]  # snrt-profile --pieces earlier (snrt.chain_latency)
+        self.table.bundles[self.key] = rec
         # what the runtime will use for the full ready set (pieces vs graphs)
         from .backends.ort import AUTO_GRAPHS_MAX_BYTES
         graph_bytes = sum(v.params for v in self.bundle.variants) * 4
@@ -359,12 +365,28 @@ class Profiler:
                             f"{', '.join(known) or 'none'} (or give 'all')")
         return list(dict.fromkeys(spec))
 
+    def is_stale(self, entry: Entry) -> bool:
+        """Whether `entry` was measured on other graphs than the bundle's now (or may have
+        been: snrt.lut_graphs.stale_reason); such entries are measured again."""
+        return entry.error is None and not entry.predicted and \
+            stale_reason(entry, self.bundle) is not None
+
+    def stale_entries(self, items: list[tuple]) -> list[Entry]:
+        """The stale entries among plan()'s or plan_interleaved()'s items."""
+        out = []
+        for backend, precision, t, task, v, *_ in items:
+            e = self.table.get(self.key, v.id, backend, precision, t, task)
+            if e is not None and self.is_stale(e):
+                out.append(e)
+        return out
+
     def plan(self, variants: list[VariantInfo], backends: list[str], precisions: list[str],
              threads: list[int], fresh: bool = False, tasks: list[str] = ()
              ) -> list[tuple]:
         """(backend, precision, threads, task, variant) to measure: every variant with the
         backbone's head (task None), then with each of `tasks` it was trained for; those
-        already measured are left out unless `fresh`."""
+        already measured are left out unless `fresh` (or stale: measured on other graphs
+        than the bundle's now, snrt.lut_graphs)."""
         units = [(None, v) for v in variants]
         for name in tasks:
             runs_on = set(self.bundle.task(name).variants)
@@ -377,7 +399,8 @@ class Profiler:
                 for t in threads:
                     for task, v in units:
                         done = self.table.get(self.key, v.id, backend, precision, t, task)
-                        if done and not done.predicted and done.error is None and not fresh:
+                        if done and not done.predicted and done.error is None and not fresh \
+                                and not self.is_stale(done):
                             continue
                         items.append((backend, precision, t, task, v))
         return items
@@ -411,7 +434,8 @@ class Profiler:
         than `rounds` interleaved rounds. An interrupted run resumes by rounds; entries
         measured otherwise (isolated protocol, errors, predictions) or complete at fewer
         rounds start from 0: their numbers are not comparable with a common-mode run, and a
-        complete entry keeps only its burst medians (the table stays small)."""
+        complete entry keeps only its burst medians (the table stays small); so do stale
+        entries (measured on other graphs, snrt.lut_graphs)."""
         if rounds < 1:
             raise SnrtError(f"--rounds {rounds}: give at least 1 round (0 = isolated protocol)")
         items = []
@@ -419,7 +443,8 @@ class Profiler:
                                                         fresh=True, tasks=tasks):
             e = self.table.get(self.key, v.id, backend, precision, t, task)
             done = 0
-            if e is not None and not fresh and not e.predicted and e.error is None:
+            if e is not None and not fresh and not e.predicted and e.error is None \
+                    and not self.is_stale(e):
                 rs = e.conditions.get("interleaved", {})
                 done = len(rs.get("p50", []))
                 if done < rounds and "count" not in rs:
@@ -554,6 +579,7 @@ class Profiler:
         return Entry(bundle=self.key, variant=v.id, cfg_id=v.cfg_id, backend=backend,
                      precision=precision, threads=threads, flops=v.flops, params=v.params,
                      accuracy=acc, task=task,
+                     graphs=graphs_digest(self.bundle, v.id, backend, precision, task),
                      timestamp=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                      **fields)
 

@@ -54,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     sel.add_argument("--variants", nargs="+", metavar="ID", help="variant ids or cfg_ids")
     sel.add_argument("--sample", metavar="N|P%", type=cli_args.sample_spec,
                      help="measure anchors plus variants spread over FLOPs, e.g. 20%% or 14")
+    sel.add_argument("--front", action="store_true",
+                     help="subnets bundles: time the front members snrt-accuracy --front wrote "
+                          "into the table whole, all again in the same rounds (their latency "
+                          "replaced, their "
+                          "measured top-1 and front record kept); then rerun snrt-accuracy "
+                          "--front --verify-front, which searches with these timings")
     p.add_argument("--tasks", type=cli_args.csv(str), default=None, metavar="NAME,...|all",
                    help="also measure each selected variant with these tasks of the bundle "
                         "(their tuners and head; 'all': every task), entries keyed by "
@@ -181,6 +187,35 @@ def _warn_unrepeatable(table: LookupTable, key: str, ids: set[str]) -> None:
                         "differences or predictions", backend, precision, threads, 100 * rep)
 
 
+def _pieces_with_subnets(prof: Profiler, variants, args, out: Path) -> None:
+    """--pieces --rounds K on a subnets bundle: every piece and every selected subnet in the
+    same K rounds (module comment at the call). A subnet's entry: p50_ms the lowest burst
+    median, quiet_ms the lowest burst p10 (as the interleaved protocol), the rounds kept."""
+    from .chain_latency import measure_together, store_pieces
+
+    ids = [v.id for v in variants]
+    for t in args.threads:
+        pieces, whole = measure_together(prof.bundle, ids, threads=t,
+                                         rounds=max(args.rounds, 10),
+                                         burst_runs=max(1, -(-args.runs // args.rounds)),
+                                         progress=not args.quiet)
+        store_pieces(prof.table, prof.bundle, {
+            pid: {"p50_ms": min(b[0] for b in bs), "quiet_ms": min(b[1] for b in bs)}
+            for pid, bs in pieces.items()}, threads=t)
+        for v in variants:
+            bs = np.asarray(whole[v.id][0])
+            prof.table.put(prof._entry(
+                v, "onnxruntime", "fp32", t, p50_ms=float(bs[:, 0].min()),
+                mean_ms=float(bs[:, 0].mean()), quiet_ms=float(bs[:, 1].min()),
+                min_ms=float(bs[:, 1].min()), count=int(len(bs)),
+                conditions={"protocol": "interleaved with pieces",
+                            "interleaved": {"p50": [round(x, 5) for x in bs[:, 0]],
+                                            "p10": [round(x, 5) for x in bs[:, 1]]}}))
+        log.info("timed %d pieces and %d subnets together at %d threads, %d rounds",
+                 len(pieces), len(ids), t, max(args.rounds, 10))
+    prof.table.save(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:
@@ -229,6 +264,17 @@ def _main(args) -> int:
         variants = [prof.bundle.variant(k) for k in space_filling_sample(space, min(n, 10000))]
     elif args.sample:
         variants = sample_variants(variants, args.sample)
+    front_kept = {}
+    if args.front:
+        front_kept = {e.key: (e.accuracy, e.conditions["front"]) for e in prof.table.entries
+                      if e.bundle == prof.key and "front" in (e.conditions or {})}
+        if not front_kept:
+            raise SnrtError(f"{out}: no front of {prof.bundle.name} to time; search it first "
+                            "(snrt-accuracy BUNDLE --data D --front --verify-front)")
+        variants = [prof.bundle.variant(k) for k in dict.fromkeys(k[1] for k in front_kept)]
+        # every member re-timed in the same rounds, also those a --sample profile timed
+        # earlier: mixed with an earlier (busier) profile, one could dominate another falsely
+        args.fresh = True
     precisions = args.precision or ["fp32"]
     tasks = prof.task_names(args.tasks)
     everything = prof.plan(variants, args.backend, precisions, args.threads, fresh=True,
@@ -243,12 +289,26 @@ def _main(args) -> int:
         items = prof.plan(variants, args.backend, precisions, args.threads, fresh=args.fresh,
                           tasks=tasks)
         how = f"isolated; {len(everything) - len(items)} already measured"
+    stale = prof.stale_entries(items)
+    if stale:
+        from .lut_graphs import stale_reason
+
+        how += f"; {len(stale)} stale, measured again"
+        log.warning("%s: %d entries of %s were %s: measuring them again", out, len(stale),
+                    prof.key, stale_reason(stale[0], prof.bundle))
     log.info("profiling %d of %d variants%s x %s x %s x threads %s on %s -> %s (%s)",
              len(variants), len(prof.bundle.variants),
              f" (and with tasks {', '.join(tasks)})" if tasks else "", args.backend,
              precisions, args.threads, prof.table.device.id, out, how)
+    # a subnets bundle's pieces and its selected subnets, interleaved: timed in the same rounds
+    # in this process (snrt.chain_latency.measure_together), so the chain latency model's
+    # pieces and the whole subnets it is corrected on see the same load
+    together = bool(args.pieces and args.rounds and prof.bundle.open_membership and not tasks
+                    and args.backend == ["onnxruntime"])
     try:
-        if args.rounds:
+        if together:
+            pass
+        elif args.rounds:
             prof.run_interleaved(items, args.rounds, progress=not args.quiet)
         else:
             prof.run(items, progress=not args.quiet)
@@ -256,7 +316,9 @@ def _main(args) -> int:
         log.warning("interrupted: %s holds every variant (isolated) or round (interleaved) "
                     "measured so far; rerun the same command to resume", out)
         return 130
-    if args.pieces:
+    if together:
+        _pieces_with_subnets(prof, variants, args, out)
+    elif args.pieces:
         from .chain_latency import measure_pieces, store_pieces
 
         for t in args.threads:
@@ -264,6 +326,14 @@ def _main(args) -> int:
                                     progress=not args.quiet)
             store_pieces(prof.table, prof.bundle, pieces, threads=t)
             log.info("timed %d pieces at %d threads", len(pieces), t)
+        prof.table.save(out)
+    if front_kept:  # the timed front members keep their measured top-1 and front record
+        for key, (acc, rec) in front_kept.items():
+            e = prof.table.get(*key)
+            if e is not None and "front" not in (e.conditions or {}):
+                e.accuracy = acc
+                e.conditions = {**(e.conditions or {}), "front": {**rec,
+                                                                  "latency_status": "measured"}}
         prof.table.save(out)
     if args.predict or args.sample:
         from .latency_model import predict_table

@@ -3,6 +3,7 @@
     snrt-run [BUNDLE] [--seconds 30] [--fps 30] [--threads 1] [--tables DIR]
              [--rank accuracy|flops]
     snrt-run elastic        # the bundled elastic family (POA subnets of the default's `b`)
+    snrt-run B --backend auto [--memory-budget-mb 40]   # backend x precision per variant
 
 BUNDLE: a bundle directory, `default` (SN-Net stitches of ti/s/b) or `elastic` (16 POA subnets
 w{48..96}d{6..12}, each with its measured top-1). One controller over both kinds at once:
@@ -11,7 +12,9 @@ snrt.multi_bundle.MultiRuntime(["default", "elastic"]).
 1. opens and verifies the bundle, lists its variants (FLOPs, params, accuracy);
 2. looks up this device's lookup table (<device-id>.json) in `--tables` if given, then in the
    per-user data directory, then in the tables shipped with snrt (read-only), and uses the
-   first that holds every variant at `--threads`; otherwise profiles the missing variants
+   first that holds every variant at `--threads` measured on the bundle's graphs (entries
+   of graphs it no longer has, e.g. before `snrt-export regraph`, are stale: one warning,
+   snrt.lut_graphs); otherwise profiles the missing and stale variants
    (quick protocol) into `--tables`, or by default into the per-user data directory
    (snrt.paths: $SNRT_DATA_DIR, else e.g. ~/.local/share/snrt/lookup_tables/). A run never
    writes into the repository's lookup_tables/ or the installed package;
@@ -20,6 +23,11 @@ snrt.multi_bundle.MultiRuntime(["default", "elastic"]).
    simulated battery that drains from 100% to 5% over `--seconds`, power saving switching on at
    30%; prints every switch and its reason, then a summary per battery band: variant used,
    latency, and accuracy on the labelled sample images.
+
+`--backend auto` (one bundle): instead of profiling onnxruntime, the runtime keeps, for each
+variant on the front of this device's lookup table over every backend x precision (TFLite files
+the bundle holds: snrt-export tflite), the fastest entry within `--memory-budget-mb`
+(snrt.auto_backend), and the controller switches between them, across backends, like variants.
 
 The controller ranks variants by measured top-1 (from the bundle, else the lookup table). A
 bundle with no accuracy (elastic subnets until evaluated) is refused before any profiling
@@ -84,6 +92,14 @@ def parser() -> argparse.ArgumentParser:
                          "when no variant has one, e.g. elastic subnets) or FLOPs (a proxy)")
     ap.add_argument("--threads", type=cli_args.threads, default=1,
                     help=f"intra-op threads, 1 to {cli_args.MAX_THREADS} (default 1)")
+    ap.add_argument("--backend", choices=("onnxruntime", "auto"), default="onnxruntime",
+                    help="onnxruntime (default), or auto: per variant on the lookup table's "
+                         "front, its fastest backend x precision (TFLite files the bundle "
+                         "holds: snrt-export tflite), switched between frames like variants")
+    ap.add_argument("--memory-budget-mb", type=cli_args.number(0.1, 1e7, what="a memory "
+                                                               "budget in MB"), default=None,
+                    help="with --backend auto: the memory its ready entries may take "
+                         "(TFLite files share no weights; default: no limit)")
     return ap
 
 
@@ -96,17 +112,30 @@ def main(argv=None) -> int:
         return cli_args.fail("snrt-run", e)
 
 
-def _covered(table, key: str, threads: int, variants) -> list:
-    """The variants `table` holds no measurement of (onnxruntime fp32 at `threads`)."""
-    have = {e.variant for e in table.select(key, "onnxruntime", "fp32", threads)}
+def _current(table, bundle, threads: int, where: str | None = None) -> list:
+    """The entries of `bundle` (onnxruntime fp32 at `threads`) measured on the graphs it has
+    now; with `where`, one WARNING for the stale ones (snrt.lut_graphs)."""
+    from .lut_graphs import select_current, warn_stale
+
+    es, stale = select_current(table, bundle, "onnxruntime", "fp32", threads)
+    if where is not None:
+        warn_stale(stale, bundle, where)
+    return es
+
+
+def _covered(table, bundle, threads: int, variants, where: str | None = None) -> list:
+    """The variants `table` holds no current measurement of (onnxruntime fp32 at `threads`;
+    stale entries, measured on other graphs than the bundle's, do not count)."""
+    have = {e.variant for e in _current(table, bundle, threads, where)}
     return [v for v in variants if v.id not in have]
 
 
-def _find_table(first, dev, key: str, threads: int, variants, shipped: bool = True):
+def _find_table(first, dev, bundle, threads: int, variants, shipped: bool = True):
     """(table, its path) from the first directory (snrt.paths.table_dirs: --tables, the
     user's data directory, the shipped tables) whose table for this device holds every
-    variant at `threads`; (None, None) when none does. A damaged table is an error naming
-    the file, the entry and the repair command (LookupTable.load)."""
+    variant at `threads`, measured on the bundle's graphs; (None, None) when none does. A
+    damaged table is an error naming the file, the entry and the repair command
+    (LookupTable.load)."""
     from .lookup_table import LookupTable
     from .paths import is_shipped, table_dirs
 
@@ -116,7 +145,7 @@ def _find_table(first, dev, key: str, threads: int, variants, shipped: bool = Tr
         p = LookupTable.path_for(d, dev)
         if p.is_file():
             t = LookupTable.load(p)
-            if not _covered(t, key, threads, variants):
+            if not _covered(t, bundle, threads, variants, where=str(p)):
                 return t, p
     return None, None
 
@@ -144,7 +173,7 @@ def _bundle_table(args, rt, dev, shipped: bool = True) -> tuple[dict, dict]:
         print(f"  {'subnet' if subnets else 'anchor'} {v.id:4s} {v.flops / 1e6:9.1f} MFLOPs "
               f"{v.params / 1e6:6.3f} M params  top-1 {top1}")
     key = bundle_key(b)
-    table, tpath = _find_table(args.tables, dev, key, args.threads, b.variants, shipped)
+    table, tpath = _find_table(args.tables, dev, b, args.threads, b.variants, shipped)
     if args.rank == "accuracy" and not any(v.top1 is not None for v in b.variants) and not (
             table and _table_accuracy(table, key, args.threads)):
         raise SnrtError(f"{b.path}: no variant has a measured top-1 accuracy (in the bundle or "
@@ -158,7 +187,7 @@ def _bundle_table(args, rt, dev, shipped: bool = True) -> tuple[dict, dict]:
         tpath = LookupTable.path_for(write_dir, dev)
         if args.tables is not None and write_dir != args.tables:
             print(f"{args.tables} holds the shipped tables (read-only)")
-        missing = (_covered(LookupTable.load(tpath), key, args.threads, b.variants)
+        missing = (_covered(LookupTable.load(tpath), b, args.threads, b.variants)
                    if tpath.is_file() else list(b.variants))
         print(f"profiling {len(missing)} variants on {dev.id} -> {tpath}")
         prof = Profiler(b.path, tpath, protocol=Protocol(runs=15, warmup=2, min_seconds=0.2,
@@ -173,7 +202,7 @@ def _bundle_table(args, rt, dev, shipped: bool = True) -> tuple[dict, dict]:
                             "marked failed, rerun to measure them again")
     else:
         print(f"using lookup table {tpath}")
-    es = table.select(key, "onnxruntime", "fp32", args.threads)
+    es = _current(table, b, args.threads)
     base = {e.variant: e.p50_ms for e in es}
     acc = {v.id: v.top1 for v in b.variants if v.top1 is not None} or _table_accuracy(
         table, key, args.threads)
@@ -184,10 +213,14 @@ def _paced_median_ms(rt, variant: str, x, period_ms: float, seconds: float = 1.0
     """Median latency of `variant` run once per period (a frame, then sleep), as the frame loop
     runs it: on a shared VM that is often 1.3-3x the back-to-back figure in the lookup table,
     because the CPU idles between frames."""
+    from .controller import split_entry
+
+    vid, prec, backend = split_entry(variant)  # a candidate key (backend="auto": its entry)
+    kw = {"backend": backend, "precision": prec} if backend else {}
     lat = []
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < seconds or len(lat) < 5:
-        lat.append(rt.run(x, variant=variant).latency_ms)
+        lat.append(rt.run(x, variant=vid, **kw).latency_ms)
         _wait_for_frame(t0, len(lat), period_ms / 1000)
     return float(np.median(lat))
 
@@ -201,7 +234,8 @@ def _wait_for_frame(t_start: float, i: int, period_s: float, end_s: float = math
 
 
 def _run(args) -> int:
-    from .controller import Controller, PolicyConfig
+    from .auto_backend import device_table
+    from .controller import Controller, PolicyConfig, cand_key, split_entry
     from .device import describe_device
     from .monitor import SimulatedClock, SimulatedMonitor
     from .profile import resolve_bundle
@@ -209,8 +243,15 @@ def _run(args) -> int:
 
     t0 = time.monotonic()
     paths = [resolve_bundle(a) for a in args.bundle]
+    auto = args.backend == "auto"
+    if (auto or args.memory_budget_mb is not None) and len(paths) > 1:
+        raise SnrtError("--backend auto and --memory-budget-mb run one bundle")
+    if args.memory_budget_mb is not None and not auto:
+        raise SnrtError("--memory-budget-mb is an option of --backend auto")
     if len(paths) == 1:
-        rt = Runtime(paths[0], threads=args.threads)
+        rt = Runtime(paths[0], threads=args.threads, **(
+            {"backend": "auto", "memory_budget_mb": args.memory_budget_mb,
+             "table": device_table(first_dir=args.tables)} if auto else {}))
         runtimes = [rt]
     else:
         from .multi_bundle import MultiRuntime
@@ -222,6 +263,14 @@ def _run(args) -> int:
     acc: dict[str, float] = {}
     flops: dict[str, float] = {}
     for r in runtimes:
+        if auto:  # the plan's entries: keys "<id>|<backend>:<precision>"
+            print(f"bundle {r.bundle.path} — family {r.bundle.name}, backend auto, "
+                  f"{len(r.variants)} variants ready in {r.load_seconds:.1f}s "
+                  f"(RSS +{r.load_rss_mb or 0:.1f} MB)\n{r.plan.table()}")
+            base.update({e.key: e.p50_ms for e in r.plan.entries})
+            acc.update({e.key: e.accuracy for e in r.plan.entries})
+            flops.update({e.key: r.bundle.variant(e.variant).flops for e in r.plan.entries})
+            continue
         b_base, b_acc = _bundle_table(args, r, dev, shipped=len(runtimes) == 1)
         base.update(b_base)
         acc.update(b_acc)
@@ -231,6 +280,7 @@ def _run(args) -> int:
     best = max(base, key=lambda k: (score.get(k, -math.inf), -base[k]))
     samples = _samples(b)
     fps = args.fps
+    best_v, best_p, best_b = split_entry(best)
     if fps is None:
         # the most accurate variant takes 40% of the period as frames run: it fits the normal
         # budget (80%) even when neighbours double its latency, and not power saving's (40%)
@@ -249,10 +299,15 @@ def _run(args) -> int:
                      config=PolicyConfig(target_fps=fps, headroom=0.8, min_dwell_s=1.0))
     print(f"controller ranks by {args.rank} over {len(ctl.candidates)} Pareto variants: "
           + ", ".join(c.id for c in ctl.candidates))
-    rt.switch(best)
-    rt.on_switch(lambda e: print(f"  t={clock():5.1f}s battery "
-                                 f"{mon.read().battery_pct:5.1f}%  {e.from_id} -> {e.to_id}: "
-                                 f"{e.reason}"))
+    rt.switch(best_v, **({"backend": best_b, "precision": best_p} if best_b else {}))
+
+    def _name(vid, backend, precision):
+        return cand_key(vid, precision, backend) if auto else vid
+
+    rt.on_switch(lambda e: print(
+        f"  t={clock():5.1f}s battery {mon.read().battery_pct:5.1f}%  "
+        f"{_name(e.from_id, e.from_backend, e.from_precision)} -> "
+        f"{_name(e.to_id, e.to_backend, e.to_precision)}: {e.reason}"))
     rt.set_controller(ctl)
     print(f"running {secs:.0f}s of frames at {fps:.0f} FPS on {len(samples)} sample images; "
           "battery 100% -> 5%, power saving from 30%")
@@ -265,7 +320,8 @@ def _run(args) -> int:
         x, label = samples[i % len(samples)]
         res = rt.run(x)
         pred = b.labels[int(np.argmax(res.logits))] if b.labels else None
-        recs.append((now, mon.read().battery_pct, res.variant.id, res.latency_ms,
+        recs.append((now, mon.read().battery_pct,
+                     _name(res.variant.id, res.backend, res.precision), res.latency_ms,
                      None if label is None else pred == label))
         i += 1
         _wait_for_frame(t_start, i, period, secs)  # a long period does not outlast the run

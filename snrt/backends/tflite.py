@@ -494,18 +494,24 @@ class TFLiteBackend:
                 "version": self.engine.version, "precision": self.precision,
                 "threads": self.threads, "interpreters": len(self._runners)}
 
-    def load(self, variant) -> TFLiteRunner:
+    def load(self, variant, precision: str | None = None) -> TFLiteRunner:
+        """The interpreter of `variant`'s TFLite file in `precision` (default: the backend's),
+        opened and warmed on first use; one per (variant, precision)."""
+        prec = precision or self.precision
+        key = variant.id if prec == self.precision else f"{variant.id}|{prec}"
         with self._lock:
-            if variant.id in self._runners:
-                return self._runners[variant.id]
-            rec = variant.exports.get("tflite", {}).get(self.precision)
+            if key in self._runners:
+                return self._runners[key]
+            rec = variant.exports.get("tflite", {}).get(prec)
             if rec is None:
-                raise BundleError(f"variant '{variant.id}' has no TFLite {self.precision} "
-                                  "file in the bundle; export it first")
+                raise BundleError(
+                    f"variant '{variant.id}' has no TFLite {prec} file in the bundle; export "
+                    f"it first: snrt-export tflite {self.bundle.path} --precisions {prec} "
+                    f"--variants '{variant.id}'")
             runner = TFLiteRunner(self.bundle.file(rec["file"]), self.threads,
                                   layout=rec.get("layout"), engine=self._engine_pref,
                                   warmup=self.warmup)
-            self._runners[variant.id] = runner
+            self._runners[key] = runner
             return runner
 
     def task_variants(self, task) -> list[str]:
