@@ -137,8 +137,8 @@ def test_threads_on_shared_sessions_get_their_own_task(setup):
 def test_shared_graph_keys_inputs_and_errors(setup):
     bundle, _ = setup
     g = bundle.path / "graphs"
-    sg = {t: shared_graph((g / f"t_{t}.s.block7.onnx").read_bytes(), f"task_{t}.bin")
-          for t in TASKS}
+    sg = {t: shared_graph((g / f"t_{t}.s.block7.onnx").read_bytes(), f"task_{t}.bin",
+                          flat=False) for t in TASKS}
     assert sg["one"].key == sg["two"].key != sg["other"].key
     assert sg["one"].model == sg["two"].model
     # every feed is a task tensor of the piece, in task_<name>.bin, at its stored shape
@@ -149,9 +149,21 @@ def test_shared_graph_keys_inputs_and_errors(setup):
     assert len(shapes) == 6 and (48, 4) in shapes and (4, 48) in shapes
     assert (1, 6, 8, 2) in shapes and (1, 6, 2, 8) in shapes
     assert ref["adapter.down.weight"].shape == (4, 48)
+    # flat (the default): the block's 6 tensors lie back to back in the task file, so they are
+    # one input spanning them, cut in the graph; still one graph for both tasks of the form
+    flat = {t: shared_graph((g / f"t_{t}.s.block7.onnx").read_bytes(), f"task_{t}.bin")
+            for t in TASKS}
+    assert flat["one"].key == flat["two"].key != flat["other"].key
+    for t in TASKS:
+        (f,) = flat[t].feeds
+        ends = [x.offset + 4 * int(np.prod(x.dims)) for x in sg[t].feeds]
+        assert f.offset == min(x.offset for x in sg[t].feeds)
+        assert f.dims == ((max(ends) - f.offset) // 4,)
     heads = [shared_graph((g / f"t_{t}.s.head.onnx").read_bytes(), f"task_{t}.bin")
              for t in ("one", "two")]
     assert heads[0].key == heads[1].key  # 3 and 5 classes: one session
+    # the head's LayerNorm (2 x [48]) is one input; its class-sized W and b stay alone
+    assert sorted(f.dims for f in heads[0].feeds) == [(3,), (48, 3), (96,)]
     with pytest.raises(ModelFileError, match="not a valid ONNX model"):
         shared_graph(b"\x08\x07\x12\xff\xff", "task_one.bin")
 
