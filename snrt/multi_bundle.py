@@ -302,9 +302,13 @@ class MultiRuntime:
         return sorted((f for rt in self.runtimes for f in rt.frames()), key=lambda f: f.t_s)
 
     def run(self, x, *, variant: str | int | None = None,
-            task: str | bool | None = None) -> Result:
+            task: str | bool | None = None, precision: str | None = None) -> Result:
         """A frame on the active variant and task (or `variant` / `task` for this call, in
-        whichever bundle holds them; task=False: the backbone's own head)."""
+        whichever bundle holds them; task=False: the backbone's own head). Several bundles
+        run fp32 only: `precision` may be None or "fp32"."""
+        if precision not in (None, "fp32"):
+            raise SnrtError(f"several bundles run fp32 only, not precision '{precision}'; "
+                            "run one bundle with snrt.Runtime(bundle, precisions=[...])")
         if variant is None and task is None:
             return self._active.run(x)
         rt, vid, name = self._target(variant, task)

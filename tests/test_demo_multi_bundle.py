@@ -180,3 +180,32 @@ def test_bundles_that_cannot_go_together(capsys):
                  "--camera", "synthetic", "--battery", "simulated"]) == 2
     err = capsys.readouterr().err
     assert "two bundles" in err and "variant id" in err, err
+
+
+def test_measured_latencies_over_both_bundles():
+    """No table and no simulated latency: the demo measures every candidate of both bundles
+    itself (calibrate) before it starts, and runs frames on the front it finds. (The
+    several-bundle runtime was once handed calibrate's precision='fp32' and refused it.)"""
+    a = DemoApp.create(demo_options(["default", "elastic"], SAMPLES, frame_size=64, fps=30,
+                                    calibrate_runs=1, sensors="simulated", clock="simulated"))
+    try:
+        a.start()
+        st = wait_for(lambda: (s := get_json(a.url + "api/status"))["frame_seq"] > 3 and s,
+                      timeout_s=120, what="frames")
+        assert "measured" in st["controller_source"], st["controller_source"]
+        kinds = {hand_kind(c["id"]) for c in st["candidates"]}
+        assert kinds and kinds <= {"anchor", "stitch", "subnet"}
+        assert all(c["base_ms"] > 0 for c in st["candidates"])
+        assert st["variant"]["id"] in {c["id"] for c in st["candidates"]}
+    finally:
+        a.close()
+
+
+def test_several_bundles_refuse_int8_by_name():
+    from snrt.errors import SnrtError
+    from snrt.multi_bundle import MultiRuntime
+    rt = MultiRuntime([snrt.default_bundle(), snrt.elastic_bundle()])
+    img = sorted(SAMPLES.glob("*.png"))[0]
+    assert rt.run(img, variant="ti", precision="fp32").variant.id == "ti"
+    with pytest.raises(SnrtError, match="fp32 only"):
+        rt.run(img, variant="ti", precision="int8")

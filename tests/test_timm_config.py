@@ -232,7 +232,7 @@ def test_config_json_fuzz(tmp_path_factory, vit6):
     """Any JSON in one or two fields of a valid config.json: snrt returns a config or raises
     its own error naming the file, never a TypeError/OverflowError from a value it did not
     check."""
-    from hypothesis import HealthCheck, given, settings
+    from hypothesis import HealthCheck, example, given, settings
     from hypothesis import strategies as st
 
     from snrt.errors import SnrtError
@@ -249,6 +249,7 @@ def test_config_json_fuzz(tmp_path_factory, vit6):
     @given(edits=st.lists(st.tuples(st.sampled_from(_FIELDS), values), min_size=1, max_size=2))
     @settings(max_examples=400, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow])
+    @example(edits=[(("model_args", "mlp_ratio"), 1e308)])  # embed_dim * ratio overflowed
     def check(edits):
         cfg = json.loads(json.dumps(base))
         for (section, key), v in edits:

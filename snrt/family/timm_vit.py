@@ -267,7 +267,8 @@ def _check_declared(args: dict, facts: dict, label: str, where: str) -> None:
             if said != facts[key]:
                 raise disagree(key, said, facts[key])
         elif key == "mlp_ratio":
-            if int(facts["embed_dim"] * said) != facts["mlp_hidden"]:
+            hidden = facts["embed_dim"] * said  # inf for a finite but huge ratio (1e308)
+            if not math.isfinite(hidden) or int(hidden) != facts["mlp_hidden"]:
                 raise disagree(key, said, facts["mlp_hidden"] / facts["embed_dim"])
         elif key == "init_values":
             if bool(said) != facts["layer_scale"]:
