@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import posixpath
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -402,7 +403,7 @@ class OrtBackend:
                 steps, slots, fresh = [], [], []
                 for pid in task.chain(variant.pieces, variant.anchors):
                     if pid.endswith(suffix):
-                        slot = pid[:-len(suffix)]
+                        slot = sys.intern(pid[:-len(suffix)])
                         st, new = self._shared.form_step(keys[slot], self.bundle.piece_path(pid),
                                                          loc)
                         if new:

@@ -104,6 +104,7 @@ class FormStep:
     output_name: str
     key: str  # the shared graph's sha256
     feed_name: str | None  # the one task input (a flat block), or None: several (a dict)
+    plan: tuple | None = None  # FormChain's plan entry, made once (shared by every chain)
 
 
 @dataclass(slots=True)
@@ -128,6 +129,25 @@ def _views(sg, mmap, path, where: str) -> dict[str, np.ndarray]:
     return feeds
 
 
+def _form_plan(step, slot: str | None) -> tuple:
+    """(run, outputs, input name, the one task input or None, slot or None) of a step, made
+    once per step: every chain through it shares the tuple (a chain is then one tuple of
+    references per piece)."""
+    if isinstance(step, FormStep):
+        p = step.plan
+        if p is None or p[4] != slot:
+            inner = getattr(step.session, "_sess", None)  # the C++ run (see _plan)
+            run = inner.run if callable(getattr(inner, "run", None)) else step.session.run
+            p = (run, [step.output_name], step.input_name, step.feed_name, slot)
+            if step.plan is None:
+                step.plan = p
+        return p
+    p = getattr(step, "_form_plan", None)
+    if p is None:  # a plain piece (snrt.backends.ort._Step)
+        p = step._form_plan = (step.session.run, [step.output_name], step.input_name, None, None)
+    return p
+
+
 class FormChain:
     """A variant's chain for every task of one form: plain steps and FormSteps; run(batch,
     feeds) with a task's TaskFeeds.values."""
@@ -137,15 +157,7 @@ class FormChain:
     def __init__(self, variant, steps, slots):
         self.variant = variant
         self.steps = tuple(steps)
-        plan = []
-        for st, slot in zip(steps, slots):
-            if isinstance(st, FormStep):
-                inner = getattr(st.session, "_sess", None)  # the C++ run (see _plan)
-                run = inner.run if callable(getattr(inner, "run", None)) else st.session.run
-                plan.append((run, [st.output_name], st.input_name, st.feed_name, slot))
-            else:
-                plan.append((st.session.run, [st.output_name], st.input_name, None, None))
-        self._plan = tuple(plan)
+        self._plan = tuple(_form_plan(st, slot) for st, slot in zip(steps, slots))
 
     def run(self, batch: np.ndarray, feeds: dict) -> np.ndarray:
         h = batch
