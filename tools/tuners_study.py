@@ -67,15 +67,16 @@ class RunSpec:
 def study_runs() -> list[RunSpec]:
     a = BASE_ANCHOR
     adapter = (KIND_SPECS["adapter"],)
-    # the decisive runs first (an interrupted study resumes at the next one)
+    # the decisive runs first (an interrupted study resumes at the next one); the sweep
+    # on b decides the accuracy target
     runs = [RunSpec("linear-probe_b", "linear-probe", (), a, a),
             RunSpec("full-finetune_b", "full-finetune", (), a, a),
-            RunSpec("adapter_b", "tuners", adapter, a, "runnable"),
-            RunSpec("adapter_all", "tuners", adapter, "all", "runnable", JOINT_STEP_FACTOR)]
+            RunSpec("adapter_b", "tuners", adapter, a, "runnable")] + SWEEP_RUNS
+    runs += [RunSpec("adapter_all", "tuners", adapter, "all", "runnable", JOINT_STEP_FACTOR)]
     runs += [RunSpec(f"adapter_{n}", "tuners", adapter, n, n) for n in ("ti", "s")]
     runs += [RunSpec(f"{k}_b", "tuners", (s,), a, a) for k, s in KIND_SPECS.items()
              if k != "adapter"]
-    return runs + SWEEP_RUNS
+    return runs
 
 
 # Capacity and learning rate on b, within 5% of b's parameters: which one a task uses is chosen
