@@ -2,6 +2,10 @@
 backbone, with task pieces on shared sessions (share_tasks=True, the default) and without.
 
     flock /tmp/snrt-timing.lock python benchmarks/task_share_bench.py [--extra 2] [--rounds 5]
+    python benchmarks/task_share_bench.py --no-time --baseline /tmp/old   # memory, before/after
+
+(`--baseline DIR`: another checkout of snrt, e.g. `git archive COMMIT | tar -x -C DIR`, whose
+memory rows are measured in the same run beside this checkout's.)
 
 The bundle: a temporary copy of the shipped default bundle (uci-digits, faces: adapter r=8 on
 every block of ti/s/b and a head per anchor, all 71 variants) plus `--extra` random tasks of the
@@ -35,11 +39,25 @@ VARIANTS = ["ti", "s", "b", "ti>s@5:6"]
 MODES = {"shared (default)": {}, "one session per task piece": {"share_tasks": False}}
 
 MEM_CHILD = r"""
-import gc, json, sys, time, psutil, snrt
+import gc, json, os, sys, time, psutil, snrt
 b, opts, names = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3].split(",")
+trace = os.environ.get("SNRT_BENCH_TRACE") == "1"
+if trace:
+    import tracemalloc
+    tracemalloc.start(1)
 p = psutil.Process()
+def task_pages():  # resident kB of the task files' mappings (the tensors paged in)
+    kb, task = 0, False
+    for line in open("/proc/self/smaps"):
+        f = line.split()
+        if len(f) >= 5 and "-" in f[0]:
+            task = len(f) > 5 and os.path.basename(f[5]).startswith("task_")
+        elif task and f[0] == "Rss:":
+            kb += int(f[1])
+    return kb * 1024
 def mem():
-    gc.collect(); m = p.memory_full_info(); return m.rss, m.pss
+    gc.collect(); m = p.memory_full_info()
+    return m.rss, m.pss, task_pages(), tracemalloc.get_traced_memory()[0] if trace else 0
 rt = snrt.Runtime(b, tasks=[], **opts)
 img = sorted((snrt.default_bundle().parent / "samples").glob("*.png"))[0]
 x = snrt.preprocess.to_batch(img, rt.bundle.preprocess)[0]
@@ -51,10 +69,12 @@ for name in names:
     for v in V: rt.infer(x, task=name, variant=v)
     m, k = mem(), rt._backend.session_count
     rows.append({"task": name, "rss": m[0] - prev[0], "pss": m[1] - prev[1], "sessions": k - n,
+                 "pages": m[2] - prev[2], "python": m[3] - prev[3],
                  "weights": (rt.bundle.path / t.weights).stat().st_size})
     prev, n = m, k
 print(json.dumps(rows))
 """
+
 
 START_CHILD = r"""
 import json, sys, time, snrt
@@ -92,19 +112,24 @@ def build(d: Path, extra: int) -> tuple[Path, list[str]]:
     return out, names
 
 
-def child(code: str, *args: str) -> object:
+def child(code: str, *args: str, root: Path = ROOT, trace: bool = False) -> object:
+    env = {"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}
+    if trace:
+        env["SNRT_BENCH_TRACE"] = "1"
+    # cwd: `python -c` puts it first on sys.path, before PYTHONPATH
     out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                         check=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+                         check=True, env=env, cwd=str(root))
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--extra", type=int, default=2, help="random tasks added (default 2)")
+    ap.add_argument("--extra", type=int, default=10, help="random tasks added (default 10)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--no-time", action="store_true", help="memory and start-up only")
     ap.add_argument("--no-memory", action="store_true", help="frame times only")
+    ap.add_argument("--baseline", type=Path, help="another snrt checkout: its memory rows too")
     a = ap.parse_args()
     import numpy as np
 
@@ -113,14 +138,35 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         b, names = build(Path(tmp), 0 if a.no_memory else a.extra)
         print("| mode | task (in order added) | sessions added | tuner+head bytes | RSS added "
-              "| RSS / bytes | PSS added |")
-        print("|---|---|---|---|---|---|---|")
-        for mode, opts in ({} if a.no_memory else MODES).items():
-            for r in child(MEM_CHILD, str(b), json.dumps(opts), ",".join(names),
-                           json.dumps(VARIANTS)):
+              "| RSS / bytes | PSS added | task file pages | Python heap (traced run) |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        sums = []
+        mem_modes = [(m, o, ROOT) for m, o in MODES.items()]
+        if a.baseline is not None:
+            mem_modes.insert(1, (f"shared, {a.baseline.name} (baseline)", {}, a.baseline))
+        for mode, opts, root in [] if a.no_memory else mem_modes:
+            args = (MEM_CHILD, str(b), json.dumps(opts), ",".join(names), json.dumps(VARIANTS))
+            rows = child(*args, root=root)
+            # the Python heap a task adds, exactly (tracemalloc), in a run of its own (tracing
+            # costs memory itself, so its RSS is not the one above)
+            traced = child(*args, root=root, trace=True)
+            for r, tr in zip(rows, traced):
+                r["python"] = tr["python"]
                 print(f"| {mode} | {r['task']} | {r['sessions']} | {r['weights'] / 1e3:.0f} kB "
-                      f"| {r['rss'] / 1e6:.2f} MB | {r['rss'] / r['weights']:.2f}x | "
-                      f"{r['pss'] / 1e6:.2f} MB |")
+                      f"| {r['rss'] / 1e6:.3f} MB | {r['rss'] / r['weights']:.2f}x | "
+                      f"{r['pss'] / 1e6:.3f} MB | {r['pages'] / r['weights']:.2f}x | "
+                      f"{r['python'] / 1e3:.1f} kB ({r['python'] / r['weights']:.3f}x) |")
+            sums.append((mode, rows[1:]))
+        print("\nEvery further task (all but the first, which opens the form's sessions), summed: "
+              "RSS added / tuner+head bytes; the task file's pages + the Python heap it adds "
+              "(traced) / bytes. RSS is coarse per task (4 kB pages; freed heap the process "
+              "already holds is reused), the sum over many tasks is not.\n")
+        print("| mode | further tasks | RSS / bytes | (pages + Python heap) / bytes |")
+        print("|---|---|---|---|")
+        for mode, rs in sums:
+            w = sum(r["weights"] for r in rs)
+            print(f"| {mode} | {len(rs)} | {sum(r['rss'] for r in rs) / w:.3f}x | "
+                  f"{sum(r['pages'] + r['python'] for r in rs) / w:.3f}x |")
         print("\n| mode | Runtime() start, no tasks | with the 2 shipped tasks | sessions |")
         print("|---|---|---|---|")
         shipped = str(snrt.default_bundle())
@@ -164,7 +210,42 @@ def main() -> None:
                       + " | ".join(cells) + " |")
         for rt in rts.values():
             rt.close()
+        switches(shipped, 200 * a.runs // 10)
         blocks(a.rounds, a.runs)
+
+
+def switches(bundle: str, n: int) -> None:
+    """rt.switch() to random (variant, task) pairs on all 71 variants, pieces placement: the
+    switch's own time (SwitchEvent.switch_ms: lookup + reference swap; a task on shared pieces is
+    bound per lookup, no session created), and sessions before/after."""
+    import numpy as np
+
+    import snrt
+
+    rows = []
+    for mode, opts in MODES.items():
+        rt = snrt.Runtime(bundle, placement="pieces", **opts)
+        ids = [v.id for v in rt.variants]
+        names = [False] + [t.name for t in rt.tasks]
+        rng = np.random.default_rng(0)
+        k = rt._backend.session_count
+        for _ in range(200):  # warm
+            rt.switch(ids[int(rng.integers(len(ids)))], task=names[int(rng.integers(3))])
+        ms = {"task": [], "backbone": []}
+        for _ in range(n):
+            t = names[int(rng.integers(len(names)))]
+            ev_v = rt.switch(ids[int(rng.integers(len(ids)))], task=t)
+            ms["task" if t else "backbone"].append(rt.switches()[-1].switch_ms)
+            assert ev_v.id == rt.current.id
+        rows.append((mode, {h: np.percentile(v, [50, 99]) for h, v in ms.items()},
+                     max(max(v) for v in ms.values()), k, rt._backend.session_count))
+        rt.close()
+    print(f"\n| mode (pieces, 71 variants, 2 tasks) | switch to a task p50 / p99 | to the "
+          f"backbone head p50 / p99 | max | sessions before -> after {n} switches |")
+    print("|---|---|---|---|---|")
+    for mode, q, mx, k0, k1 in rows:
+        print(f"| {mode} | {q['task'][0]:.3f} / {q['task'][1]:.3f} ms | {q['backbone'][0]:.3f} "
+              f"/ {q['backbone'][1]:.3f} ms | {mx:.3f} ms | {k0} -> {k1} |")
 
 
 def blocks(rounds: int, runs: int) -> None:

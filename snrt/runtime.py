@@ -248,6 +248,7 @@ class Runtime:
                                 f"BUNDLE --task {t.name}); drop it from tasks= or use "
                                 "backend='onnxruntime'")
         self._task_ex: dict[tuple[str, str], object] = {}
+        self._bound_task = getattr(self._backend, "bound_task", None)
         t0 = time.monotonic()
         rss0 = _rss_mb()
         if not lazy:
@@ -398,7 +399,7 @@ class Runtime:
             for vid in self._backend.task_variants(t):
                 v = self._ready_set.get(vid)
                 if v is not None:
-                    self._task_ex[(vid, name)] = self._backend.load_task(v, t)
+                    self._keep_task_ex(vid, name, self._backend.load_task(v, t))
             self._tasks = {**self._tasks, name: t}  # one reference swap: readers see all or none
             log.debug("task %s added (%d sessions open)", name,
                       getattr(self._backend, "session_count", -1))
@@ -446,6 +447,8 @@ class Runtime:
                             f"{precision!r}): switch(task=False) for the backbone's head in "
                             f"{precision}, or switch(precision='fp32') for the task")
         ex = self._task_ex.get((v.id, task))  # a dict read: no lock on the per-call path
+        if ex is None and self._bound_task is not None:  # tasks on shared pieces: bound per use
+            ex = self._bound_task(v.id, task)
         if ex is None:
             t = self._tasks[task]
             if v.id not in t.variants:
@@ -453,8 +456,14 @@ class Runtime:
                                 f"on {len(t.variants)} variants: {t.variants[:6]}"
                                 f"{'...' if len(t.variants) > 6 else ''}")
             ex = self._backend.load_task(v, t)
-            self._task_ex[(v.id, task)] = ex
+            self._keep_task_ex(v.id, task, ex)
         return ex
+
+    def _keep_task_ex(self, vid: str, task: str, ex) -> None:
+        """Keep a (variant, task) executor, unless the backend binds it per use (a task on
+        shared pieces: its state is O(pieces it touches), so nothing is kept per variant)."""
+        if not getattr(ex, "bound", False):
+            self._task_ex[(vid, task)] = ex
 
     def switch(self, key: str | int | None = None, reason: str = "manual", *,
                task: str | bool | None = None, precision: str | None = None,

@@ -26,6 +26,16 @@ outside it are kept verbatim:
                key (1), value (2)
     ValueInfoProto.name (1), .type (2) -> TypeProto.tensor_type (1) -> elem_type (1),
                shape (2) -> dim (1) -> dim_value (1), dim_param (2)
+    ModelProto.opset_import (8) -> OperatorSetIdProto.domain (1), .version (2)
+
+With `flat` (the default), the task tensors that lie back to back in the task file (a tuned
+block's 4-6 tensors, a merged run's blocks; gaps of alignment padding only) become ONE graph
+input `task<j>` [n] (n floats from the first tensor to the end of the last), cut inside the
+graph by one Split (and a Reshape per tensor of rank > 1, which onnxruntime aliases): a task
+then brings one array per tuned block instead of one per tensor (a numpy view is ~140 bytes
+of Python object, next to ~3.6 kB of tensor per block of the default family: 4 views per block
+are +15% of the task's bytes, 1 is +4%). A tensor sized by a head's class count (symbolic, below)
+stays an input of its own, so tasks of different label counts still share the head's session.
 
 The exact-erf GELU as the exporter writes it, `Mul(x, 1/sqrt(2)) -> Erf -> ...`, is rewritten
 `Div(x, sqrt(2)) -> Erf -> ...` (the same math to one rounding of the scaled input): that is the
@@ -69,7 +79,9 @@ _SCHEMA = {
               ("initializer", 5, "Tensor", "rep"), ("doc_string", 10, "bytes", "opt"),
               ("input", 11, "ValueInfo", "rep"), ("output", 12, "ValueInfo", "rep"),
               ("value_info", 13, "ValueInfo", "rep"), ("sparse_initializer", 15, "bytes", "rep")],
-    "Model": [("doc_string", 6, "bytes", "opt"), ("graph", 7, "Graph", "opt")],
+    "OpsetId": [("domain", 1, "bytes", "opt"), ("version", 2, "int64", "opt")],
+    "Model": [("doc_string", 6, "bytes", "opt"), ("graph", 7, "Graph", "opt"),
+              ("opset_import", 8, "OpsetId", "rep")],
 }
 
 
@@ -202,8 +214,90 @@ def fuse_gelu_form(buf: bytes, where: str = "ONNX model") -> bytes:
     return m.SerializeToString(deterministic=True) if _gelu_div(m.graph) else buf
 
 
+_INT64 = 7  # TensorProto.INT64
+_PAD = 64  # the exporter's alignment of small tensors in task_<name>.bin (exporters/onnx_graph)
+
+
+def _runs(feeds: list[Feed], classes: int | None) -> list[list[Feed]]:
+    """The feeds in file order, grouped into runs lying back to back (alignment gaps only);
+    a tensor sized by the class count stays alone (its size, and so every offset after it,
+    differs between tasks of different label counts)."""
+    out: list[list[Feed]] = []
+    end, alone = None, False
+    for f in sorted(feeds, key=lambda f: f.offset):
+        sized = classes is not None and f.dims and f.dims[-1] == classes
+        if out and not (alone or sized) and f.location == out[-1][-1].location \
+                and 0 <= f.offset - end < _PAD and (f.offset - end) % 4 == 0:
+            out[-1].append(f)
+        else:
+            out.append([f])
+        end, alone = f.offset + 4 * int(np.prod(f.dims, dtype=np.int64)), sized
+    return out
+
+
+def _int64(g, name: bytes, values: list[int]) -> None:
+    t = g.initializer.add()
+    t.name, t.data_type = name, _INT64
+    t.dims.append(len(values))
+    t.raw_data = np.asarray(values, np.int64).astype("<i8").tobytes()
+
+
+def _flatten(m, g, feeds: list[Feed], classes: int | None) -> list[Feed]:
+    """Each run of back-to-back task tensors as one input `task<j>` [n], split in the graph
+    (see the module doc); the new feeds. Unchanged for a graph of opset < 13 (Split's sizes
+    as an input)."""
+    if not any(o.version >= 13 for o in m.opset_import if o.domain in (b"", b"ai.onnx")):
+        return feeds
+    runs = _runs(feeds, classes)
+    if all(len(r) == 1 for r in runs):
+        return feeds
+    drop = {f.input.encode() for r in runs if len(r) > 1 for f in r}
+    ins = [i for i in g.input if i.name not in drop]
+    del g.input[:]
+    g.input.extend(ins)
+    new_feeds: list[Feed] = []
+    nodes = []
+    for j, r in enumerate(runs):
+        if len(r) == 1:
+            new_feeds.append(r[0])
+            continue
+        name = f"task{j}".encode()
+        start, pos, sizes, outs = r[0].offset, 0, [], []
+        for f in r:
+            o = (f.offset - start) // 4
+            if o > pos:  # alignment padding: cut off, never read
+                sizes.append(o - pos)
+                outs.append(b"%s_pad%d" % (name, len(outs)))
+            k = int(np.prod(f.dims, dtype=np.int64))
+            sizes.append(k)
+            t = f.input.encode()
+            if len(f.dims) == 1:
+                outs.append(t)
+            else:
+                outs.append(t + b"_flat")
+                _int64(g, t + b"_shape", list(f.dims))
+                nodes.append((b"Reshape", [t + b"_flat", t + b"_shape"], [t]))
+            pos = o + k
+        _int64(g, name + b"_split", sizes)
+        nodes.insert(0, (b"Split", [name, name + b"_split"], outs))
+        vi = g.input.add()
+        vi.name = name
+        vi.type.tensor_type.elem_type = _FLOAT
+        vi.type.tensor_type.shape.dim.add().dim_value = pos
+        new_feeds.append(Feed(name.decode(), r[0].location, start, (pos,)))
+    old = list(g.node)
+    del g.node[:]
+    for op, ins_, outs_ in nodes:
+        n = g.node.add()
+        n.op_type = op
+        n.input.extend(ins_)
+        n.output.extend(outs_)
+    g.node.extend(old)
+    return new_feeds
+
+
 def shared_graph(buf: bytes, task_location: str, where: str = "ONNX model", *,
-                 gelu: bool = True) -> SharedGraph:
+                 gelu: bool = True, flat: bool = True) -> SharedGraph:
     """`buf` (a task piece graph) with every initializer whose external data is in
     `task_location` (e.g. "task_faces.bin") turned into a graph input, and canonical names.
     Raises ModelFileError for a graph this cannot rewrite (subgraphs, sparse initializers, a
@@ -274,13 +368,16 @@ def shared_graph(buf: bytes, task_location: str, where: str = "ONNX model", *,
             n = ren[s] = f"v{len(ren)}".encode()
         return n
 
-    for k, n in enumerate(g.node):
+    for n in g.node:
         n.input[:] = [r(s) for s in n.input]
         n.output[:] = [r(s) for s in n.output]
-        n.name = f"n{k}".encode()
         n.ClearField("doc_string")
     for v in list(g.input) + list(g.output) + list(g.value_info):
         v.name = r(v.name)
+    if flat:
+        feeds = _flatten(m, g, feeds, classes)
+    for k, n in enumerate(g.node):
+        n.name = f"n{k}".encode()
     g.name = b"shared"
     g.ClearField("doc_string")
     m.ClearField("doc_string")

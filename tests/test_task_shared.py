@@ -90,6 +90,45 @@ def test_pieces_placement_tasks_of_one_form_share_every_session(setup):
         assert not shared.sessions and not shared.steps
 
 
+def test_a_task_adds_one_array_per_piece_over_its_file_not_state_per_variant(setup):
+    """Piece by piece, a task added to a form already open brings one entry per piece it has
+    (a tuned block: ONE array, a read-only view of task_<name>.bin, no copy), whatever the
+    number of variants; the variants' chains are the form's, shared; nothing is kept per
+    (variant, task)."""
+    bundle, _ = setup
+    t = bundle.task("two")
+    mine = [p["id"] for p in t.pieces]
+    blocks = [p["id"] for p in t.pieces if p["kind"] == "block"]
+    states = {}
+    for ready in (READY[:1], READY):
+        with snrt.Runtime(bundle, variants=ready, tasks=["one"], placement="pieces") as r:
+            be = r._backend
+            chains = dict(be._form_chains)
+            r.add_task("two")
+            assert be._form_chains == chains  # the form's chains, one per variant, shared
+            assert not [k for k in r._task_ex if k[1] == "two"]  # none per (variant, task)
+            tf = be._shared.tasks["two"]
+            assert tf.form == be._shared.tasks["one"].form
+            assert sorted(tf.values) == sorted(p.split("@")[0] for p in mine)
+            for pid in blocks:
+                a = tf.values[pid.split("@")[0]]
+                assert isinstance(a, np.ndarray) and a.ndim == 1 and not a.flags.writeable
+                base = a
+                while base.base is not None and not isinstance(base, np.memmap):
+                    base = base.base
+                assert isinstance(base, np.memmap) and str(base.filename).endswith("task_two.bin")
+                assert np.shares_memory(a, base)  # a view of the mmapped file, no copy
+            states[len(ready)] = (len(tf.values), sum(
+                1 if isinstance(v, np.ndarray) else len(v) for v in tf.values.values()))
+            for vid in ready:  # runs: bound per call, the torch reference's logits
+                r.switch(vid, task="two")
+                assert r.run(SAMPLES[0]).task == "two"
+            if ready == READY:
+                _check(setup, r, "two")
+    # 8 tuned blocks (1 array each) + 2 heads (LayerNorm as 1 array, W, b): 14 arrays
+    assert states[1] == states[len(READY)] == (10, 8 + 2 * 3)
+
+
 def test_graphs_placement_one_chain_per_variant_for_every_task_of_a_form(setup):
     bundle, _ = setup
     with snrt.Runtime(bundle, variants=READY, tasks=["one"]) as r:
@@ -137,8 +176,8 @@ def test_threads_on_shared_sessions_get_their_own_task(setup):
 def test_shared_graph_keys_inputs_and_errors(setup):
     bundle, _ = setup
     g = bundle.path / "graphs"
-    sg = {t: shared_graph((g / f"t_{t}.s.block7.onnx").read_bytes(), f"task_{t}.bin")
-          for t in TASKS}
+    sg = {t: shared_graph((g / f"t_{t}.s.block7.onnx").read_bytes(), f"task_{t}.bin",
+                          flat=False) for t in TASKS}
     assert sg["one"].key == sg["two"].key != sg["other"].key
     assert sg["one"].model == sg["two"].model
     # every feed is a task tensor of the piece, in task_<name>.bin, at its stored shape
@@ -149,9 +188,21 @@ def test_shared_graph_keys_inputs_and_errors(setup):
     assert len(shapes) == 6 and (48, 4) in shapes and (4, 48) in shapes
     assert (1, 6, 8, 2) in shapes and (1, 6, 2, 8) in shapes
     assert ref["adapter.down.weight"].shape == (4, 48)
+    # flat (the default): the block's 6 tensors lie back to back in the task file, so they are
+    # one input spanning them, cut in the graph; still one graph for both tasks of the form
+    flat = {t: shared_graph((g / f"t_{t}.s.block7.onnx").read_bytes(), f"task_{t}.bin")
+            for t in TASKS}
+    assert flat["one"].key == flat["two"].key != flat["other"].key
+    for t in TASKS:
+        (f,) = flat[t].feeds
+        ends = [x.offset + 4 * int(np.prod(x.dims)) for x in sg[t].feeds]
+        assert f.offset == min(x.offset for x in sg[t].feeds)
+        assert f.dims == ((max(ends) - f.offset) // 4,)
     heads = [shared_graph((g / f"t_{t}.s.head.onnx").read_bytes(), f"task_{t}.bin")
              for t in ("one", "two")]
     assert heads[0].key == heads[1].key  # 3 and 5 classes: one session
+    # the head's LayerNorm (2 x [48]) is one input; its class-sized W and b stay alone
+    assert sorted(f.dims for f in heads[0].feeds) == [(3,), (48, 3), (96,)]
     with pytest.raises(ModelFileError, match="not a valid ONNX model"):
         shared_graph(b"\x08\x07\x12\xff\xff", "task_one.bin")
 

@@ -7,6 +7,8 @@ One command, end to end, re-runnable when the backbone is retrained: per task (u
 faces) it trains with tools/train_tuners.py's functions
   - baselines on anchor `b`: linear probe (task head only) and full fine-tune (all weights);
   - each tuner kind alone on anchor `b` (adapter r=8, lora r=4, prefix l=4, prompt l=4);
+  - a sweep on `b` within 5% of its parameters (LoRA r=8, 3x the learning rate, LoRA +
+    adapter with twice the steps), the run to use chosen on the val split;
   - adapters on each anchor alone (ti, s, b), composed into one task and run on all 71 variants;
   - adapters on every anchor trained jointly, one of the 71 variants drawn per step (SN-Net's
     recipe): the task file that ships, `<out-dir>/<task>.safetensors`;
@@ -65,15 +67,30 @@ class RunSpec:
 def study_runs() -> list[RunSpec]:
     a = BASE_ANCHOR
     adapter = (KIND_SPECS["adapter"],)
-    # the decisive runs first (an interrupted study resumes at the next one)
+    # the decisive runs first (an interrupted study resumes at the next one); the sweep
+    # on b decides the accuracy target
     runs = [RunSpec("linear-probe_b", "linear-probe", (), a, a),
             RunSpec("full-finetune_b", "full-finetune", (), a, a),
-            RunSpec("adapter_b", "tuners", adapter, a, "runnable"),
-            RunSpec("adapter_all", "tuners", adapter, "all", "runnable", JOINT_STEP_FACTOR)]
+            RunSpec("adapter_b", "tuners", adapter, a, "runnable")] + SWEEP_RUNS
+    runs += [RunSpec("adapter_all", "tuners", adapter, "all", "runnable", JOINT_STEP_FACTOR)]
     runs += [RunSpec(f"adapter_{n}", "tuners", adapter, n, n) for n in ("ti", "s")]
     runs += [RunSpec(f"{k}_b", "tuners", (s,), a, a) for k, s in KIND_SPECS.items()
              if k != "adapter"]
     return runs
+
+
+# Capacity and learning rate on b, within 5% of b's parameters: which one a task uses is chosen
+# on the val split (tools/tuners_report.py), never on the test split.
+SWEEP_RUNS = [
+    RunSpec("lora-r8_b", "tuners", ("lora:r=8",), BASE_ANCHOR, BASE_ANCHOR),
+    RunSpec("lora_lr3_b", "tuners", (KIND_SPECS["lora"],), BASE_ANCHOR, BASE_ANCHOR,
+            lr_scale=3.0),
+    RunSpec("lora-r8_lr3_b", "tuners", ("lora:r=8",), BASE_ANCHOR, BASE_ANCHOR, lr_scale=3.0),
+    RunSpec("adapter_lr3_b", "tuners", (KIND_SPECS["adapter"],), BASE_ANCHOR, BASE_ANCHOR,
+            lr_scale=3.0),
+    RunSpec("lora-r8+adapter_b", "tuners", ("lora:r=8", KIND_SPECS["adapter"]), BASE_ANCHOR,
+            BASE_ANCHOR, steps_factor=2),
+]
 
 
 JOINT_FROM_EACH = RunSpec("adapter_each_joint", "tuners", (KIND_SPECS["adapter"],), "all",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import posixpath
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -30,7 +31,14 @@ import onnxruntime as ort
 
 from ..bundle import Bundle, VariantInfo
 from ..errors import BundleError, SnrtError
-from .ort_tasks import SharedTaskSteps, TaskChainExecutor, TaskStep, warm
+from .ort_tasks import (
+    FormChain,
+    SharedTaskSteps,
+    TaskBound,
+    TaskChainExecutor,
+    TaskStep,
+    warm,
+)
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +168,9 @@ class OrtBackend:
         self._executors: dict[str, ChainExecutor] = {}
         self._task_executors: dict[tuple[str, str], ChainExecutor] = {}
         self._task_whole: set[tuple[str, str]] = set()  # task executors of one whole graph
+        # piece by piece on shared sessions: (variant id, task form) -> its chain, for every
+        # task of that form (ort_tasks.FormChain; a task's own state is its TaskFeeds)
+        self._form_chains: dict[tuple[str, int], FormChain] = {}
         self._runs: dict[tuple[str, ...], _Step] = {}  # consecutive pieces, one session
         self._lock = threading.Lock()
 
@@ -311,15 +322,32 @@ class OrtBackend:
         """The variants `task` runs on with this backend: every one it was trained for."""
         return list(task.variants)
 
-    def load_task(self, variant: VariantInfo, task) -> ChainExecutor:
+    def _by_form(self, task) -> bool:
+        """Whether `task` runs piece by piece on shared sessions (FormChains, TaskBound)."""
+        return self.share_tasks and self.placement == "pieces" and not self._merge_task(task)
+
+    def bound_task(self, variant_id: str, task: str) -> TaskBound | None:
+        """The ready (variant, task) on shared pieces, bound for one use (a few dict reads; no
+        lock, no session); None when not ready that way (then: load_task)."""
+        tf = self._shared.tasks.get(task)
+        if tf is None:
+            return None
+        ch = self._form_chains.get((variant_id, tf.form))
+        return None if ch is None else TaskBound(ch, tf, task)
+
+    def load_task(self, variant: VariantInfo, task) -> ChainExecutor | TaskBound:
         """Make `variant` with `task` (a snrt.manifest.TaskInfo) ready: in the graphs placement
         the whole graph of the pair when the task has one (snrt-export task --graphs), else a
         chain of piece sessions (the task's tuned blocks and head, the bundle's other pieces,
-        shared with every variant and task that runs them)."""
+        shared with every variant and task that runs them). Piece by piece on shared sessions
+        the result is a TaskBound, made per call: the caller need not keep it per (variant,
+        task) (bound_task finds it again)."""
         key = (variant.id, task.name)
-        ex = self._task_executors.get(key)
+        ex = self._task_executors.get(key) or self.bound_task(variant.id, task.name)
         if ex is not None:
             return ex
+        if self._by_form(task.name):
+            return self._load_form(variant, task)
         with self._lock:
             if key in self._task_executors:
                 return self._task_executors[key]
@@ -359,6 +387,43 @@ class OrtBackend:
             self._task_executors[key] = ex
             return ex
 
+    def _load_form(self, variant: VariantInfo, task) -> TaskBound:
+        """load_task piece by piece on shared sessions: the task's feeds and form (once per
+        task), the variant's chain (once per (variant, form))."""
+        loc = posixpath.relpath(task.weights, "graphs")  # as the task's graphs name it
+        suffix = f"@{task.name}"
+        with self._lock:
+            tf = self._shared.prepare(  # slot: the piece id without the task ("b.block3")
+                task.name, [(p["id"][:-len(suffix)], self.bundle.piece_path(p["id"]))
+                            for p in task.pieces if p["id"].endswith(suffix)], loc)
+            ck = (variant.id, tf.form)
+            ch = self._form_chains.get(ck)
+            if ch is None:
+                keys = self._shared.form_keys[tf.form]
+                steps, slots, fresh = [], [], []
+                for pid in task.chain(variant.pieces, variant.anchors):
+                    if pid.endswith(suffix):
+                        slot = sys.intern(pid[:-len(suffix)])
+                        st, new = self._shared.form_step(keys[slot], self.bundle.piece_path(pid),
+                                                         loc)
+                        if new:
+                            fresh.append((st, tf.values[slot]))
+                        steps.append(st)
+                        slots.append(slot)
+                        continue
+                    if pid not in self._pieces:
+                        self._pieces[pid] = self._step(self.bundle.piece_path(pid))
+                        fresh.append((self._pieces[pid], None))
+                    steps.append(self._pieces[pid])
+                    slots.append(None)
+                for st, values in fresh:
+                    if values is None:
+                        self._warm(st)
+                    else:
+                        warm(st, feeds=values)
+                ch = self._form_chains[ck] = FormChain(variant, steps, slots)
+            return TaskBound(ch, tf, task.name)
+
     @property
     def session_count(self) -> int:
         """onnxruntime sessions open now (pieces, and whole graphs in the graphs placement)."""
@@ -392,7 +457,10 @@ class OrtBackend:
             for key in [k for k in self._task_executors if k[0] == variant.id]:
                 del self._task_executors[key]
                 self._task_whole.discard(key)
+            for key in [k for k in self._form_chains if k[0] == variant.id]:
+                del self._form_chains[key]
             used = {id(s) for ex in self._task_executors.values() for s in ex.steps}
+            used |= {id(s) for ch in self._form_chains.values() for s in ch.steps}
             if self.placement == "pieces":
                 used |= {id(s) for ex in self._executors.values() for s in ex.steps}
             for pid in [p for p, s in self._pieces.items() if id(s) not in used]:
@@ -405,6 +473,7 @@ class OrtBackend:
         with self._lock:
             self._executors.clear()
             self._task_executors.clear()
+            self._form_chains.clear()
             self._task_whole.clear()
             self._pieces.clear()
             self._runs.clear()
