@@ -35,6 +35,7 @@ import logging
 from dataclasses import dataclass, field
 
 from .errors import BundleError, SnrtError
+from .lookup_table import pareto_front
 
 log = logging.getLogger(__name__)
 
@@ -195,16 +196,6 @@ def _missing(bundle, variant: str, backend: str, precision: str) -> str | None:
     return None
 
 
-def _front(options: list[AutoEntry]) -> list[AutoEntry]:
-    pts = sorted(options, key=lambda e: (e.p50_ms, -e.accuracy))
-    front, best = [], float("-inf")
-    for e in pts:
-        if e.accuracy > best:
-            front.append(e)
-            best = e.accuracy
-    return front
-
-
 def plan_auto(bundle, table, *, threads: int = 1, budget_mb: float | None = None,
               backends: list[str] | None = None, precisions: list[str] | None = None,
               variants: list[str] | None = None) -> AutoPlan:
@@ -269,7 +260,7 @@ def plan_auto(bundle, table, *, threads: int = 1, budget_mb: float | None = None
     if not options:
         raise SnrtError(f"lookup table {table.device.id}: no entry of {key} at threads="
                         f"{threads} has a measured accuracy in its precision ({skipped[:2]})")
-    front = _front(options)
+    front = pareto_front(options)  # AutoEntry has p50_ms and accuracy, as Entry
     missing = [e for e in front if e.missing]
     if missing:
         more = f" (and {len(missing) - 1} more front entries)" if len(missing) > 1 else ""

@@ -154,25 +154,12 @@ def _all_members(space):
 
 def test_search_finds_the_exact_front_of_an_enumerable_space():
     space = _big_space()
-    rng = np.random.default_rng(1)
-    cost = {(b, h, m): rng.uniform(0.5, 1.5) for b in range(4) for h in (4, 3, 2)
-            for m in (1024, 896, 768)}
-    gain = {k: v * rng.uniform(0.7, 1.3) for k, v in cost.items()}
-
-    def objectives(ids):
-        acc, lat = [], []
-        for vid in ids:
-            s = space.subnet(vid)
-            keys = [(b, h, m) for b, h, m in zip(range(s.depth), s.heads, s.hidden)]
-            acc.append(np.log1p(sum(gain[k] for k in keys)))
-            lat.append(0.3 + sum(cost[k] for k in keys))
-        return np.array(acc), np.array(lat)
+    objectives = _synthetic(space, seed=1)
 
     members = _all_members(space)
     assert len(members) == space.size() == 81 + 729 + 6561
     a, lt = objectives(members)
-    brute = {members[i] for i in range(len(members))
-             if not np.any((lt <= lt[i]) & (a >= a[i]) & ((lt < lt[i]) | (a > a[i])))}
+    brute = {members[i] for i in range(len(members)) if not _dominated(a, lt, i)}
     front, seen = search_front(space, objectives, SearchSettings(population=64,
                                                                  generations=60, seed=0))
     assert len(seen) < len(members)  # not an enumeration
